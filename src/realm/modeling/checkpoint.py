@@ -1,0 +1,127 @@
+"""Checkpoint files: finding them (local directory or hub id), reading them safely, writing them atomically.
+
+Reading never unpickles arbitrary objects: `pytorch_model.bin` goes through `torch.load(weights_only=True)`.
+Writing goes to a temporary file in the same directory and is renamed into place, so a crash never
+leaves a half-written checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_NAME = "pytorch_model.bin"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the model asked for."""
+
+
+def resolve_file(name_or_path: str | os.PathLike[str], filename: str, *, optional: bool = False) -> Path | None:
+    """Find `filename` inside a local directory, or download it from the hub when `name_or_path` is a hub id.
+
+    Args:
+        name_or_path: a local directory, or a hub repository id such as "google/realm-orqa-nq-openqa".
+        filename: the file inside it.
+        optional: return None instead of raising when the file does not exist.
+    """
+    directory = Path(name_or_path)
+    if directory.is_dir():
+        path = directory / filename
+        if path.is_file():
+            return path
+        if optional:
+            return None
+        raise FileNotFoundError(f"{path} does not exist")
+    if directory.exists():
+        raise NotADirectoryError(f"{directory} is a file; pass the directory that holds {filename}")
+    if not _looks_like_hub_id(str(name_or_path)):
+        raise FileNotFoundError(f"{directory} does not exist")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise FileNotFoundError(
+            f"{name_or_path} is not a local directory; to download it from the Hugging Face hub, "
+            "install the hub extra: pip install 'realm-lm[hub]'"
+        ) from None
+    try:
+        return Path(hf_hub_download(repo_id=str(name_or_path), filename=filename))
+    except Exception as err:  # the hub client raises many types; all mean "not available"
+        if optional and type(err).__name__ in {"EntryNotFoundError", "RemoteEntryNotFoundError"}:
+            return None
+        raise FileNotFoundError(f"could not get {filename} from {name_or_path}: {err}") from err
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """"org/name" or "name"; not an absolute, home-relative or dotted path."""
+    return not (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1)
+
+
+def resolve_weights(name_or_path: str | os.PathLike[str]) -> Path:
+    """The weights file of a checkpoint: `model.safetensors` if present, else `pytorch_model.bin`."""
+    for filename in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME):
+        path = resolve_file(name_or_path, filename, optional=True)
+        if path is not None:
+            return path
+    raise FileNotFoundError(f"{name_or_path} holds neither {SAFE_WEIGHTS_NAME} nor {WEIGHTS_NAME}")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors or `pytorch_model.bin` file; the latter with `weights_only=True` (no pickled code)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot be read as a weights-only PyTorch checkpoint ({err})") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
+    return state
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it to `path` only if the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_path)` and rename the result to `path`."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> Path:
+    """Write tensors to a safetensors file (atomically), with the metadata transformers expects."""
+    from safetensors.torch import save_file
+
+    contiguous = {k: v.detach().contiguous() for k, v in state.items()}
+    return atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata={"format": "pt"}))

@@ -1,0 +1,171 @@
+"""`RealmForOpenQA`: question -> embed -> retrieve top-K blocks -> read -> answer span (Sec. 3.5 of the spec).
+
+Shapes: B questions, Q question tokens, N_blocks corpus blocks, D retriever_proj_size, K retrieved blocks
+(searcher_beam_size when training, reader_beam_size in eval), R blocks read, T reader tokens, H hidden.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from realm.config import RealmConfig
+from realm.modeling.embedder import RealmEmbedder
+from realm.modeling.outputs import RealmForOpenQAOutput, RealmReaderOutput
+from realm.modeling.pretrained import RealmPreTrainedModel
+from realm.modeling.reader import RealmReader
+from realm.retrieval import RealmRetriever
+
+
+class RealmForOpenQA(RealmPreTrainedModel):
+    """End-to-end open-domain QA: the embedder searches `block_emb`, the retriever builds reader inputs,
+    the reader extracts the answer.
+
+    `block_emb` [num_block_records, D] is a persistent buffer, as in the port (it is part of the released
+    checkpoints); it is allocated uninitialised and filled by `from_pretrained`. Unlike the port, a batch of
+    questions is accepted (see `forward`).
+    """
+
+    # A checkpoint without block embeddings still loads: they can be computed for any corpus.
+    optional_key_prefixes = ("block_emb", "embedder.cls.predictions.", "reader.cls.predictions.")
+
+    def __init__(self, config: RealmConfig, retriever: RealmRetriever | None = None) -> None:
+        super().__init__(config)
+        self.embedder = RealmEmbedder(config)
+        self.reader = RealmReader(config)
+        self.register_buffer("block_emb", torch.empty(config.num_block_records, config.retriever_proj_size))
+        self.retriever = retriever
+
+    @property
+    def searcher_beam_size(self) -> int:
+        return self.config.searcher_beam_size if self.training else self.config.reader_beam_size
+
+    def block_embedding_to(self, device: torch.device | str) -> None:
+        """Move only `block_emb` (e.g. keep the 6.8 GB matrix on CPU after `model.to("cuda")`)."""
+        self.block_emb = self.block_emb.to(device)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        answer_ids: Any = None,
+        return_dict: bool | None = None,
+    ) -> RealmForOpenQAOutput | tuple:
+        """
+        Args:
+            input_ids, attention_mask, token_type_ids: [B, Q] questions.
+            answer_ids: the gold answers, each a list of token ids without special tokens. For one question,
+                a list of answers (the port's format, e.g. `tokenizer(answers, add_special_tokens=False).input_ids`);
+                for B questions, a list of B such lists. Tensors work too; -1 entries are padding.
+        Returns:
+            `RealmForOpenQAOutput`. For B = 1 exactly the port's fields; for B > 1 every reader field gains a
+            leading batch axis, `loss` is the mean over questions and `predicted_answer_ids` is a list. All
+            questions' reader inputs are padded to the longest, so `candidate` and `reader_correct`'s span axis
+            refer to that common length.
+        """
+        if self.retriever is None:
+            raise ValueError(
+                "RealmForOpenQA needs a retriever to read blocks: "
+                "RealmForOpenQA.from_pretrained(path, retriever=RealmRetriever.from_pretrained(path))"
+            )
+        batch = input_ids.shape[0]
+        answers = _answers_per_question(answer_ids, batch)
+
+        # Embed the questions.
+        query = self.embedder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).projected_score  # [B, D]
+
+        # Retrieve: exact MIPS over every block, then differentiable retrieval logits of the top K.
+        block_ids = self._search(query.detach(), self.searcher_beam_size)  # [B, K]
+        retrieved_emb = self.block_emb[block_ids].to(query.device)  # [B, K, D]
+        relevance = torch.einsum("bd,bkd->bk", query, retrieved_emb)  # [B, K], gradient into the query tower
+
+        # Build (question, block) reader inputs and locate the answers in them.
+        encoded = [
+            self.retriever(
+                block_ids[b].cpu(),
+                input_ids[b : b + 1],
+                None if answers is None else answers[b],
+                max_length=self.config.reader_seq_len,
+            )
+            for b in range(batch)
+        ]
+        concat = _pad_and_stack([e[3] for e in encoded], self.retriever.tokenizer.pad_token_id, self.reader.device)
+        block_mask = ~concat["special_tokens_mask"].bool() & concat["token_type_ids"].bool()  # [B, K, T]
+
+        # Read the top R blocks of every question in one trunk call.
+        r = min(self.config.reader_beam_size, block_ids.shape[1])
+        t = concat["input_ids"].shape[-1]
+        hidden = self.reader.realm(
+            concat["input_ids"][:, :r].reshape(batch * r, t),
+            attention_mask=concat["attention_mask"][:, :r].reshape(batch * r, t),
+            token_type_ids=concat["token_type_ids"][:, :r].reshape(batch * r, t),
+        ).last_hidden_state.view(batch, r, t, -1)  # [B, R, T, H]
+        outputs = []
+        for b, (has_answers, starts, ends, _) in enumerate(encoded):
+            labels = {}
+            if has_answers is not None:
+                labels = dict(
+                    has_answers=torch.tensor(has_answers, dtype=torch.bool, device=self.reader.device),
+                    start_positions=torch.tensor(starts, dtype=torch.long, device=self.reader.device),
+                    end_positions=torch.tensor(ends, dtype=torch.long, device=self.reader.device),
+                )
+            outputs.append(self.reader.read(hidden[b], relevance[b], block_mask[b], **labels))
+
+        # Decode: the predicted span's WordPiece ids inside its block (inclusive end).
+        predicted = [
+            concat["input_ids"][b, out.block_idx][int(out.start_pos) : int(out.end_pos) + 1]
+            for b, out in enumerate(outputs)
+        ]
+        if batch == 1:
+            result = RealmForOpenQAOutput(outputs[0], predicted[0], block_ids[0])
+        else:
+            result = RealmForOpenQAOutput(_stack_reader_outputs(outputs), predicted, block_ids)
+        return result.to_tuple() if return_dict is False else result
+
+    @torch.no_grad()
+    def _search(self, query: torch.Tensor, k: int) -> torch.Tensor:
+        """Exact maximum inner product search of `block_emb`: [B, D] -> top-k block ids [B, K]."""
+        scores = torch.einsum("BD,QD->QB", self.block_emb, query.to(self.block_emb.device))  # [B, N_blocks]
+        return scores.topk(min(k, scores.shape[1]), dim=-1).indices.to(query.device)
+
+
+def _answers_per_question(answer_ids: Any, batch: int) -> list[Any] | None:
+    """Split `answer_ids` into one entry per question (the port's one-question format is accepted for B = 1)."""
+    if answer_ids is None:
+        return None
+    if isinstance(answer_ids, torch.Tensor):
+        answer_ids = answer_ids.tolist()
+    depth, probe = 0, answer_ids
+    while isinstance(probe, list | tuple) and probe:
+        depth, probe = depth + 1, probe[0]
+    if depth <= 2:  # [answers][tokens]: one question's answers
+        if batch != 1:
+            raise ValueError(f"answer_ids holds one question's answers but the batch has {batch} questions")
+        return [answer_ids]
+    if len(answer_ids) != batch:
+        raise ValueError(f"answer_ids has answers for {len(answer_ids)} questions but the batch has {batch}")
+    return list(answer_ids)
+
+
+def _pad_and_stack(encodings: list[Any], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Per-question [K, T_b] encodings -> [B, K, T] tensors padded on the right to the longest T_b."""
+    t = max(e["input_ids"].shape[1] for e in encodings)
+    fill = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0, "special_tokens_mask": 1}
+    out = {}
+    for key, value in fill.items():
+        rows = [torch.nn.functional.pad(e[key], (0, t - e[key].shape[1]), value=value) for e in encodings]
+        out[key] = torch.stack(rows).to(device)
+    return out
+
+
+def _stack_reader_outputs(outputs: list[RealmReaderOutput]) -> RealmReaderOutput:
+    first = outputs[0]
+    stacked = {}
+    for name in first.keys():
+        values = [getattr(o, name) for o in outputs]
+        stacked[name] = torch.stack(values)
+    if first.loss is not None:
+        stacked["loss"] = stacked["loss"].mean()
+    return RealmReaderOutput(**stacked)

@@ -1,0 +1,108 @@
+"""The paper's objectives as pure functions.
+
+Shapes: B batch, C candidate blocks, T tokens, V vocab, K retrieved blocks, R blocks read, N span candidates,
+A gold answers per block.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def marginal_mlm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    relevance_score: torch.Tensor,
+    mlm_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """REALM's masked-LM loss, marginalised over the retrieved blocks per masked token.
+
+    This is the variant of Google's released code and of the transformers port (not the per-sequence
+    marginal of the paper's Eq. 2):
+
+        log p(y_t | x) = logsumexp_c [ log p(z_c | x) + log p(y_t | z_c, x) ]
+        loss = - sum_{b,t} m[b,t] log p(y_bt | x_b) / sum_{b,t} m[b,t]
+
+    Positions labelled -100 contribute 0 to the numerator; with `mlm_mask=None` every position counts in
+    the denominator (so the loss is the sum over masked tokens divided by B*T), exactly as the port.
+
+    Args:
+        logits: [B, C, T, V] masked-LM logits of each (query, block) pair.
+        labels: [B, T] target ids, -100 where no prediction is asked for.
+        relevance_score: [B, C] retrieval logits; softmax over C gives p(z | x).
+        mlm_mask: [B, T], 1 where a position counts; None for all ones.
+    """
+    b, c, t, v = logits.shape
+    targets = labels[:, None, :].expand(b, c, t)  # [B, C, T]
+    token_logp = -F.cross_entropy(
+        logits.reshape(-1, v).float(), targets.reshape(-1), reduction="none", ignore_index=IGNORE_INDEX
+    ).view(b, c, t)  # [B, C, T]
+    block_logp = relevance_score.float().log_softmax(dim=-1)[:, :, None]  # [B, C, 1]
+    marginal = (block_logp + token_logp).logsumexp(dim=1)  # [B, T]
+    mask = torch.ones_like(marginal) if mlm_mask is None else mlm_mask.to(marginal.dtype)
+    return -torch.nansum((marginal * mask).sum() / mask.sum())
+
+
+def marginal_log_likelihood_loss(logits: torch.Tensor, is_correct: torch.Tensor) -> torch.Tensor:
+    """-log sum_{correct} softmax(logits): the negative marginal log-likelihood of the correct set.
+
+    The port masks with `finfo(dtype).min` rather than -inf, so an empty correct set gives a huge finite
+    value that the caller multiplies by zero; we keep that arithmetic.
+
+    Args:
+        logits: [..., X] scores.
+        is_correct: [..., X] bool.
+    Returns:
+        [...] losses.
+    """
+    wrong = (1.0 - is_correct.to(logits.dtype)) * torch.finfo(logits.dtype).min
+    return logits.logsumexp(dim=-1) - (logits + wrong).logsumexp(dim=-1)
+
+
+def correct_spans(
+    starts: torch.Tensor, ends: torch.Tensor, gold_starts: torch.Tensor, gold_ends: torch.Tensor
+) -> torch.Tensor:
+    """Which span candidates equal a gold span.
+
+    Args:
+        starts, ends: [N] span candidates (inclusive ends).
+        gold_starts, gold_ends: [R, A] gold spans, -1 padded.
+    Returns:
+        [R, N] bool.
+    """
+    hit_start = starts[None, None, :] == gold_starts[:, :, None]  # [R, A, N]
+    hit_end = ends[None, None, :] == gold_ends[:, :, None]  # [R, A, N]
+    return (hit_start & hit_end).any(dim=1)
+
+
+def reader_losses(
+    relevance_score: torch.Tensor,
+    reader_logits: torch.Tensor,
+    has_answers: torch.Tensor,
+    reader_correct: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ORQA/REALM fine-tuning losses for one question.
+
+    retriever loss: marginal likelihood over the K retrieved blocks of those containing an answer;
+    reader loss: marginal likelihood over all (block, span) pairs of the joint score
+    (retrieval logit + span logit) of the correct spans. Each is zero when it has no positive.
+
+    Args:
+        relevance_score: [K] retrieval logits.
+        reader_logits: [R, N] joint span scores.
+        has_answers: [K] bool, block contains an answer.
+        reader_correct: [R, N] bool, span equals a gold span.
+    Returns:
+        retriever_loss, reader_loss: scalars.
+    """
+    retriever_loss = marginal_log_likelihood_loss(relevance_score, has_answers)
+    reader_loss = marginal_log_likelihood_loss(reader_logits.reshape(-1), reader_correct.reshape(-1))
+    # The port multiplies by any(positive); `where` gives the same 0 and also when every logit is masked,
+    # where the product would be inf * 0 = nan.
+    zero = torch.zeros((), dtype=retriever_loss.dtype, device=retriever_loss.device)
+    retriever_loss = torch.where(has_answers.any(), retriever_loss, zero)
+    reader_loss = torch.where(reader_correct.any(), reader_loss, zero)
+    return retriever_loss, reader_loss

@@ -1,0 +1,188 @@
+"""`RealmRetriever`: turns retrieved block ids into reader inputs and finds the answer spans in them.
+
+Semantics are the transformers port's: the question is decoded from its ids and re-encoded with each
+block as a `[CLS] question [SEP] block [SEP]` pair (padding to the longest, longest-first truncation to
+`max_length`), and an answer is found by exact token-id matching strictly between the first and the
+second `[SEP]`.
+
+Block records live in memory here (a numpy array of UTF-8 bytes, or a list of str/bytes). The port
+stores them as a pickled object array in `block_records.npy`; we read that only with an explicit
+`allow_pickle=True`, since unpickling an untrusted file can run arbitrary code, and write them as a plain
+fixed-width bytes array that needs no pickle.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from realm.modeling.checkpoint import atomic_write, resolve_file
+from realm.tokenization import BatchEncoding, RealmTokenizer, RealmTokenizerFast
+
+BLOCK_RECORDS_NAME = "block_records.npy"
+
+AnswerIds = list[list[int]]
+
+
+def _as_records(block_records: Any) -> np.ndarray:
+    if isinstance(block_records, np.ndarray):
+        if block_records.ndim != 1:
+            raise ValueError(f"block_records must be 1-D, got shape {block_records.shape}")
+        return block_records
+    return np.array([r.encode("utf-8") if isinstance(r, str) else bytes(r) for r in block_records], dtype=object)
+
+
+def _block_text(record: Any) -> str:
+    return record.decode("utf-8") if isinstance(record, bytes | np.bytes_) else str(record)
+
+
+def clean_answer_ids(answer_ids: Any) -> AnswerIds:
+    """One question's answers as lists of token ids: a tensor or nested list, -1 (padding) removed.
+
+    The port would look for the padding ids literally (and fail on an empty answer); we drop them.
+    """
+    if isinstance(answer_ids, torch.Tensor | np.ndarray):
+        answer_ids = answer_ids.tolist()
+    if answer_ids and isinstance(answer_ids[0], int):
+        raise ValueError(
+            "answer_ids must be a list of answers, each a list of token ids (e.g. "
+            "tokenizer(answers, add_special_tokens=False).input_ids), not a flat list of ids"
+        )
+    answers = [[int(t) for t in answer if int(t) >= 0] for answer in answer_ids]
+    return [a for a in answers if a]
+
+
+class RealmRetriever:
+    """Build reader inputs for retrieved blocks.
+
+    Args:
+        block_records: 1-D numpy array of UTF-8 `bytes` (the port's format) or a sequence of str/bytes.
+        tokenizer: a `RealmTokenizer` or `RealmTokenizerFast`.
+    """
+
+    def __init__(self, block_records: Any, tokenizer: RealmTokenizer | RealmTokenizerFast) -> None:
+        self.block_records = _as_records(block_records)
+        self.tokenizer = tokenizer
+
+    def __len__(self) -> int:
+        return len(self.block_records)
+
+    def __call__(
+        self,
+        retrieved_block_ids: Any,
+        question_input_ids: Any,
+        answer_ids: Any = None,
+        max_length: int | None = None,
+        return_tensors: str = "pt",
+    ) -> tuple[list[bool] | None, list[list[int]] | None, list[list[int]] | None, BatchEncoding]:
+        """Encode (question, block) pairs for the retrieved blocks and locate the answers.
+
+        Args:
+            retrieved_block_ids: [K] block ids.
+            question_input_ids: [1, Q] (or [Q]) ids of the question; special tokens are dropped.
+            answer_ids: the question's answers, each a list of token ids without special tokens.
+            max_length: truncate each pair to this many tokens (RealmForOpenQA uses reader_seq_len).
+        Returns:
+            has_answers [K], start_pos [K, A], end_pos [K, A] (-1 padded; None without answers) and the
+            encoded pairs (`input_ids`, `token_type_ids`, `attention_mask`, `special_tokens_mask`, [K, L]).
+        """
+        ids = np.atleast_1d(np.asarray(torch.as_tensor(retrieved_block_ids).cpu()))
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self.block_records)):
+            raise IndexError(f"block ids must be in [0, {len(self.block_records)}); got {ids.min()}..{ids.max()}")
+        blocks = [_block_text(r) for r in np.take(self.block_records, ids, axis=0)]
+        question_ids = torch.as_tensor(question_input_ids)
+        if question_ids.dim() == 2:
+            question_ids = question_ids[0]
+        question = self.tokenizer.decode(question_ids.tolist(), skip_special_tokens=True)
+        concat = self.tokenizer(
+            [question] * len(blocks),
+            blocks,
+            padding=True,
+            truncation=True,
+            return_special_tokens_mask=True,
+            max_length=max_length,
+        )
+        concat.convert_to_tensors(return_tensors)
+        if answer_ids is None:
+            return None, None, None, concat
+        return (*self.block_has_answer(concat, clean_answer_ids(answer_ids)), concat)
+
+    def block_has_answer(
+        self, concat_inputs: BatchEncoding, answer_ids: AnswerIds
+    ) -> tuple[list[bool], list[list[int]], list[list[int]]]:
+        """Find every occurrence of every answer between the first and second [SEP] of each row.
+
+        Returns:
+            has_answers [K]; start_pos and end_pos [K, A] (inclusive), right-padded with -1 to the largest
+            number of matches A of any row (A can be 0).
+        """
+        sep = self.tokenizer.sep_token_id
+        has_answers: list[bool] = []
+        starts: list[list[int]] = []
+        ends: list[list[int]] = []
+        for row in concat_inputs["input_ids"]:
+            tokens = row.tolist() if hasattr(row, "tolist") else list(row)
+            first_sep = tokens.index(sep)
+            second_sep = first_sep + 1 + tokens[first_sep + 1 :].index(sep)
+            row_starts, row_ends = [], []
+            for answer in answer_ids:
+                for idx in range(first_sep + 1, second_sep):
+                    if tokens[idx : idx + len(answer)] == answer:
+                        row_starts.append(idx)
+                        row_ends.append(idx + len(answer) - 1)
+            has_answers.append(bool(row_starts))
+            starts.append(row_starts)
+            ends.append(row_ends)
+        width = max((len(s) for s in starts), default=0)
+        starts = [s + [-1] * (width - len(s)) for s in starts]
+        ends = [e + [-1] * (width - len(e)) for e in ends]
+        return has_answers, starts, ends
+
+    # -- files ------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        tokenizer: RealmTokenizer | RealmTokenizerFast | None = None,
+        *,
+        allow_pickle: bool = False,
+    ) -> RealmRetriever:
+        """Load `block_records.npy` (and the tokenizer saved beside it unless one is given).
+
+        Args:
+            allow_pickle: read the port's pickled object array. Only for files you trust: unpickling can
+                run arbitrary code.
+        """
+        path = resolve_file(name_or_path, BLOCK_RECORDS_NAME)
+        try:
+            records = np.load(path, allow_pickle=allow_pickle)
+        except ValueError as err:
+            if "allow_pickle" not in str(err):
+                raise
+            raise ValueError(
+                f"{path} is a pickled object array (the transformers port's format). Unpickling can run "
+                "arbitrary code; if you trust the file, pass allow_pickle=True"
+            ) from None
+        if tokenizer is None:
+            tokenizer = RealmTokenizerFast.from_pretrained(name_or_path)
+        return cls(records, tokenizer)
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> Path:
+        """Write `block_records.npy` (a fixed-width bytes array, loadable without pickle) and the tokenizer."""
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        records = np.array([bytes(r) for r in self.block_records], dtype=np.bytes_)
+        atomic_write(directory / BLOCK_RECORDS_NAME, lambda tmp: _save_npy(tmp, records))
+        self.tokenizer.save_pretrained(directory)
+        return directory
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    # Through a file object: np.save given a name without ".npy" would append it.
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
