@@ -96,3 +96,32 @@ def test_ports_pickled_records_need_explicit_allow_pickle() -> None:
     retriever = RealmRetriever.from_pretrained(REFERENCE / "openqa_eval", allow_pickle=True)
     records = json.loads((REFERENCE / "openqa_eval" / "block_records.json").read_text())
     assert [bytes(r).decode() for r in retriever.block_records] == records
+
+
+@pytest.mark.parametrize("tokenizer_cls", [RealmTokenizer, RealmTokenizerFast], ids=["slow", "fast"])
+def test_store_backed_retriever_equals_the_ports_decode_and_reencode(tokenizer_cls, tmp_path) -> None:
+    """From pre-tokenized ids, without decoding: the same reader inputs and answer positions."""
+    from realm.corpus import Block, BlockStore
+
+    tokenizer = tokenizer_cls.from_pretrained(REFERENCE / "tokenizer" / ("slow" if tokenizer_cls is RealmTokenizer else "fast"))
+    texts = [
+        "Paris is the capital and most populous city of France.",
+        "The Eiffel Tower is a wrought-iron lattice tower in Paris, France.",
+        "Rome is the capital city of Italy. " * 12,  # long: truncated by the reader length
+        "A [SEP] written inside a block is text, not a separator.",
+        "Émile Zola's «J'accuse…!» appeared in L'Aurore.",
+    ]
+    blocks = [Block("", t, [], tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
+    store = BlockStore.create(tmp_path / "store", blocks, tokenizer)
+    from_store = RealmRetriever(store, tokenizer)
+    in_memory = RealmRetriever(texts, tokenizer)
+    question = tokenizer(["Where is the Eiffel tower, in France?"], padding="max_length", max_length=20).input_ids
+    answers = tokenizer(["paris", "france", "capital city"], add_special_tokens=False).input_ids
+    ids = np.array([2, 0, 1, 3, 4])
+    for max_length in (24, 64):
+        *labels_a, concat_a = from_store(ids, question, answers, max_length=max_length)
+        *labels_b, concat_b = in_memory(ids, question, answers, max_length=max_length)
+        assert labels_a == labels_b
+        for key in ("input_ids", "token_type_ids", "attention_mask", "special_tokens_mask"):
+            assert concat_a[key].tolist() == concat_b[key].tolist(), (max_length, key)
+    assert from_store.block_texts([4, 0]) == [texts[4], texts[0]]

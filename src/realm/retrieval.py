@@ -5,10 +5,14 @@ block as a `[CLS] question [SEP] block [SEP]` pair (padding to the longest, long
 `max_length`), and an answer is found by exact token-id matching strictly between the first and the
 second `[SEP]`.
 
-Block records live in memory here (a numpy array of UTF-8 bytes, or a list of str/bytes). The port
-stores them as a pickled object array in `block_records.npy`; we read that only with an explicit
-`allow_pickle=True`, since unpickling an untrusted file can run arbitrary code, and write them as a plain
-fixed-width bytes array that needs no pickle.
+The blocks are either in memory (a numpy array of UTF-8 bytes, or a list of str/bytes, the port's way)
+or a memory-mapped `BlockStore`. With a store, nothing is decoded or re-tokenized: the reader inputs are
+assembled from the question's ids and the store's pre-tokenized block ids, with the tokenizer's own
+truncation rule, giving the ids the port's decode-and-re-encode gives.
+
+The port stores records as a pickled object array in `block_records.npy`; we read that only with an
+explicit `allow_pickle=True`, since unpickling an untrusted file can run arbitrary code, and write them
+as a plain fixed-width bytes array that needs no pickle.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from realm.corpus.store import BlockStore
 from realm.modeling.checkpoint import atomic_write, resolve_file
 from realm.tokenization import BatchEncoding, RealmTokenizer, RealmTokenizerFast
 
@@ -60,16 +65,25 @@ class RealmRetriever:
     """Build reader inputs for retrieved blocks.
 
     Args:
-        block_records: 1-D numpy array of UTF-8 `bytes` (the port's format) or a sequence of str/bytes.
-        tokenizer: a `RealmTokenizer` or `RealmTokenizerFast`.
+        block_records: a `BlockStore`, or the port's 1-D numpy array of UTF-8 `bytes`, or a sequence of
+            str/bytes.
+        tokenizer: a `RealmTokenizer` or `RealmTokenizerFast` (for a store: the one it was built with).
     """
 
     def __init__(self, block_records: Any, tokenizer: RealmTokenizer | RealmTokenizerFast) -> None:
-        self.block_records = _as_records(block_records)
+        self.store = block_records if isinstance(block_records, BlockStore) else None
+        self.block_records = None if self.store is not None else _as_records(block_records)
         self.tokenizer = tokenizer
 
     def __len__(self) -> int:
-        return len(self.block_records)
+        return len(self.store) if self.store is not None else len(self.block_records)
+
+    def block_texts(self, ids: Any) -> list[str]:
+        """The text of each block id."""
+        ids = np.atleast_1d(np.asarray(torch.as_tensor(ids).cpu())).tolist()
+        if self.store is not None:
+            return self.store.texts(ids)
+        return [_block_text(r) for r in np.take(self.block_records, ids, axis=0)]
 
     def __call__(
         self,
@@ -91,25 +105,47 @@ class RealmRetriever:
             encoded pairs (`input_ids`, `token_type_ids`, `attention_mask`, `special_tokens_mask`, [K, L]).
         """
         ids = np.atleast_1d(np.asarray(torch.as_tensor(retrieved_block_ids).cpu()))
-        if ids.size and (ids.min() < 0 or ids.max() >= len(self.block_records)):
-            raise IndexError(f"block ids must be in [0, {len(self.block_records)}); got {ids.min()}..{ids.max()}")
-        blocks = [_block_text(r) for r in np.take(self.block_records, ids, axis=0)]
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
+            raise IndexError(f"block ids must be in [0, {len(self)}); got {ids.min()}..{ids.max()}")
         question_ids = torch.as_tensor(question_input_ids)
         if question_ids.dim() == 2:
             question_ids = question_ids[0]
-        question = self.tokenizer.decode(question_ids.tolist(), skip_special_tokens=True)
-        concat = self.tokenizer(
-            [question] * len(blocks),
-            blocks,
-            padding=True,
-            truncation=True,
-            return_special_tokens_mask=True,
-            max_length=max_length,
-        )
+        if self.store is not None:
+            concat = self._encode_from_store(ids.tolist(), question_ids.tolist(), max_length)
+        else:
+            blocks = [_block_text(r) for r in np.take(self.block_records, ids, axis=0)]
+            question = self.tokenizer.decode(question_ids.tolist(), skip_special_tokens=True)
+            concat = self.tokenizer(
+                [question] * len(blocks),
+                blocks,
+                padding=True,
+                truncation=True,
+                return_special_tokens_mask=True,
+                max_length=max_length,
+            )
         concat.convert_to_tensors(return_tensors)
         if answer_ids is None:
             return None, None, None, concat
         return (*self.block_has_answer(concat, clean_answer_ids(answer_ids)), concat)
+
+    def _encode_from_store(self, ids: list[int], question_ids: list[int], max_length: int | None) -> BatchEncoding:
+        """The port's (question, block) encoding, from ids: special tokens are dropped from the question as its
+        `decode(skip_special_tokens=True)` drops them, and blocks come pre-tokenized from the store."""
+        special = set(self.tokenizer.all_special_ids)
+        question = [t for t in question_ids if t not in special]
+        rows = [self.tokenizer.encode_pair_ids(question, block, max_length) for block in self.store.token_ids(ids)]
+        width = max((len(r[0]) for r in rows), default=0)
+        pad = self.tokenizer.pad_token_id
+        data: dict[str, list[list[int]]] = {
+            "input_ids": [], "token_type_ids": [], "attention_mask": [], "special_tokens_mask": []
+        }
+        for input_ids, types in rows:
+            fill = width - len(input_ids)
+            data["input_ids"].append(input_ids + [pad] * fill)
+            data["token_type_ids"].append(types + [0] * fill)
+            data["attention_mask"].append([1] * len(input_ids) + [0] * fill)
+            data["special_tokens_mask"].append(_added_special_positions(types) + [1] * fill)
+        return BatchEncoding(data)
 
     def block_has_answer(
         self, concat_inputs: BatchEncoding, answer_ids: AnswerIds
@@ -180,6 +216,12 @@ class RealmRetriever:
         atomic_write(directory / BLOCK_RECORDS_NAME, lambda tmp: _save_npy(tmp, records))
         self.tokenizer.save_pretrained(directory)
         return directory
+
+
+def _added_special_positions(types: list[int]) -> list[int]:
+    """1 at the [CLS] and [SEP]s the encoding added (by position: a [SEP] written inside a text is not one)."""
+    n = len(types)
+    return [int(i == 0 or i == n - 1 or (types[i] == 0 and types[i + 1] == 1)) for i in range(n)]
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -165,6 +165,26 @@ class RealmTokenizerBase:
             return [0] * (len(token_ids_0) + 2)
         return [0] * (len(token_ids_0) + 2) + [1] * (len(token_ids_1) + 1)
 
+    def truncate_pair_ids(self, ids: list[int], pair_ids: list[int], max_length: int) -> tuple[list[int], list[int]]:
+        """``longest_first`` truncation of an already tokenized pair to ``max_length`` tokens including its 3
+        special tokens, exactly as ``__call__(a, b, truncation=True, max_length=...)`` would cut it."""
+        raise NotImplementedError
+
+    def encode_pair_ids(
+        self, ids: list[int], pair_ids: list[int], max_length: int | None = None
+    ) -> tuple[list[int], list[int]]:
+        """``[CLS] A [SEP] B [SEP]`` input ids and token types from token ids, without re-tokenizing text.
+
+        Equal to ``__call__(text_a, text_b, truncation=True, max_length=max_length)`` when ``ids`` and
+        ``pair_ids`` are the tokens of ``text_a`` and ``text_b`` (what a pre-tokenized block store holds).
+        """
+        if max_length is not None:
+            ids, pair_ids = self.truncate_pair_ids(list(ids), list(pair_ids), max_length)
+        return (
+            self.build_inputs_with_special_tokens(list(ids), list(pair_ids)),
+            self.create_token_type_ids_from_sequences(list(ids), list(pair_ids)),
+        )
+
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
         """2 for a single sequence, 3 for a pair."""
         return 3 if pair else 2

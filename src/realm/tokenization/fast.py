@@ -261,6 +261,32 @@ class RealmTokenizerFast(RealmTokenizerBase):
                     f"max_length={max_length}: {err}"
                 ) from err
 
+    def encode_pair_ids(
+        self, ids: list[int], pair_ids: list[int], max_length: int | None = None
+    ) -> tuple[list[int], list[int]]:
+        if not pair_ids:  # the Rust backend encodes (a, "") as the single sequence a
+            ids = list(ids) if max_length is None else list(ids)[: max(max_length - 2, 0)]
+            return self.build_inputs_with_special_tokens(ids), self.create_token_type_ids_from_sequences(ids)
+        return super().encode_pair_ids(ids, pair_ids, max_length)
+
+    def truncate_pair_ids(self, ids: list[int], pair_ids: list[int], max_length: int) -> tuple[list[int], list[int]]:
+        # The Rust backend's longest-first rule for pairs: the shorter part keeps up to half the budget,
+        # the longer one the rest (on equal lengths the second part is the "longer" one).
+        budget = max_length - 3
+        n1, n2 = len(ids), len(pair_ids)
+        if budget < 0 or n1 + n2 <= budget:
+            return list(ids), list(pair_ids)
+        swap = n1 > n2
+        if swap:
+            n1, n2 = n2, n1
+        n2 = n1 if n1 > budget else max(n1, budget - n1)
+        if n1 + n2 > budget:
+            n1 = budget // 2
+            n2 = n1 + budget % 2
+        if swap:
+            n1, n2 = n2, n1
+        return list(ids[:n1]), list(pair_ids[:n2])
+
     def _encode(
         self,
         pairs: list[tuple[str, str | None]],

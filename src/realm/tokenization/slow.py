@@ -21,7 +21,7 @@ from .base import RealmTokenizerBase
 from .basic import BasicTokenizer, WordpieceTokenizer
 from .encoding import BatchEncoding, PaddingStrategy, TruncationStrategy, clean_up_tokenization
 from .files import VOCAB_FILE
-from .prepare import pad_batch, pad_single, prepare_for_model
+from .prepare import pad_batch, pad_single, prepare_for_model, truncate_sequences
 
 __all__ = ["RealmTokenizer", "load_vocab"]
 
@@ -203,6 +203,11 @@ class RealmTokenizer(RealmTokenizerBase):
         return out
 
     # ------------------------------------------------------------------ encoding
+
+    def truncate_pair_ids(self, ids: list[int], pair_ids: list[int], max_length: int) -> tuple[list[int], list[int]]:
+        excess = len(ids) + len(pair_ids) + 3 - max_length
+        first, second = truncate_sequences(list(ids), list(pair_ids), excess, TruncationStrategy.LONGEST_FIRST)
+        return first, second or []
 
     def _encode(
         self,
