@@ -1,0 +1,58 @@
+"""Search indexes over the block-embedding matrix: exact (chunked), FAISS (optional extra), sharded.
+
+    from realm.index import ExactIndex, open_index
+
+    index = open_index("path/to/index")          # ExactIndex, or FaissIndex if the manifest says so
+    scores, ids = index.search(query_emb, k=8)   # [B, D] -> [B, 8] float32, [B, 8] int64, best first
+    block_emb = index.reconstruct(ids)           # [B, 8, D] exact float32 vectors (for retrieval logits)
+
+Directory layout and manifest: `realm.index.embeddings`. Search contract: `realm.index.base`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from realm.index.base import Index, SearchResult
+from realm.index.embeddings import (
+    EMBEDDINGS_NAME,
+    MANIFEST_NAME,
+    IndexManifest,
+    create_embeddings,
+    finish_embeddings,
+    open_embeddings,
+    read_manifest,
+    write_embeddings,
+    write_manifest,
+)
+from realm.index.exact import ExactIndex
+from realm.index.faiss_index import FaissIndex
+from realm.index.sharded import ShardedIndex, shard_bounds
+
+__all__ = [
+    "EMBEDDINGS_NAME",
+    "MANIFEST_NAME",
+    "ExactIndex",
+    "FaissIndex",
+    "Index",
+    "IndexManifest",
+    "SearchResult",
+    "ShardedIndex",
+    "create_embeddings",
+    "finish_embeddings",
+    "open_embeddings",
+    "open_index",
+    "read_manifest",
+    "shard_bounds",
+    "write_embeddings",
+    "write_manifest",
+]
+
+
+def open_index(directory: str | os.PathLike[str], **kwargs: Any) -> Index:
+    """Open an index directory as the kind its manifest names: `FaissIndex` for {"type": "faiss"},
+    else `ExactIndex` (memory-mapped). kwargs go to that class's `load`."""
+    if read_manifest(directory).index.get("type") == "faiss":
+        return FaissIndex.load(directory, **kwargs)
+    return ExactIndex.load(directory, **kwargs)

@@ -1,0 +1,297 @@
+"""FAISS indexes (inner product) over the embeddings matrix: flat, IVF, HNSW, PQ, IVF-PQ.
+
+# B queries, N stored vectors, D dim, K = min(k, N)
+
+Needs the optional extra: `pip install 'realm-lm[faiss]'` (faiss-cpu). Any `faiss.index_factory` string
+works with the inner-product metric; the usual ones:
+
+    "Flat"                exact (what `ExactIndex` computes, in FAISS)
+    "IVF{nlist},Flat"     inverted lists; search `nprobe` of the nlist lists (more: slower, better recall)
+    "HNSW{M}"             graph; `ef_search` candidates per query (raised to k when k is larger)
+    "PQ{m}", "IVF{nlist},PQ{m}"   product-quantised codes of m bytes per vector (lossy scores);
+                          "IVF{nlist},PQ{m}x4fs" is the fast-scan variant (4-bit codes)
+
+`rerank=R` (a search parameter of ours) re-scores the index's best R candidates exactly from the
+embeddings matrix and keeps the best k: it turns the lossy scores of PQ into exact ones and recovers most
+of the recall PQ loses, at the cost of reading R rows per query.
+
+Indexes that need training are trained on a seeded random sample of rows. The index is saved with
+`faiss.write_index` as `faiss.index` beside `embeddings.npy` (never pickled), with its factory string
+and search parameters in the manifest's `index` field. `reconstruct` reads the exact vectors from the
+embeddings matrix, not from lossy codes. Approximate indexes may return fewer than K hits (e.g. IVF
+with a small `nprobe`): missing slots are (-inf, -1), last.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from realm.index.base import (
+    MISSING_ID,
+    Index,
+    SearchResult,
+    check_ids,
+    check_k,
+    check_queries,
+    empty_result,
+    order_hits,
+)
+from realm.index.embeddings import (
+    EMBEDDINGS_NAME,
+    IndexManifest,
+    open_embeddings,
+    read_manifest,
+    write_embeddings,
+    write_manifest,
+)
+from realm.index.exact import Matrix, read_rows
+
+FAISS_NAME = "faiss.index"
+DEFAULT_TRAIN_SIZE = 1 << 17
+ADD_CHUNK_ROWS = 1 << 16
+
+
+def import_faiss() -> Any:
+    """The faiss module, or an ImportError that says how to install it."""
+    try:
+        import faiss
+    except ImportError as err:
+        raise ImportError(
+            "FaissIndex needs faiss: pip install 'realm-lm[faiss]' (or pip install faiss-cpu)"
+        ) from err
+    return faiss
+
+
+def _float32(rows: Any) -> np.ndarray:
+    """A C-contiguous float32 numpy copy/view of rows of an array, memmap or tensor."""
+    if isinstance(rows, Tensor):
+        rows = rows.detach().to("cpu", torch.float32).numpy()
+    return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+class FaissIndex(Index):
+    """A FAISS index with the inner-product metric, paired with the exact embeddings matrix.
+
+    Build one with `FaissIndex.build(matrix, factory)`, or open a saved one with `FaissIndex.load(dir)`.
+
+    Args:
+        index: a `faiss.Index` holding the N rows of `matrix` in order (ids are row numbers).
+        matrix: [N, D] float32/float16 array, memmap or tensor: the exact vectors (for `reconstruct`).
+        factory: the `faiss.index_factory` string the index was built from (recorded in the manifest).
+        params: search parameters applied to the index, e.g. {"nprobe": 16} or {"efSearch": 128}.
+        build: how it was built (train_size, seed), recorded in the manifest.
+    """
+
+    def __init__(
+        self,
+        index: Any,
+        matrix: Matrix,
+        factory: str,
+        params: dict[str, Any] | None = None,
+        build: dict[str, Any] | None = None,
+    ) -> None:
+        if index.ntotal != matrix.shape[0] or index.d != matrix.shape[1]:
+            raise ValueError(
+                f"the faiss index holds {index.ntotal:,} x {index.d} but the matrix is "
+                f"{matrix.shape[0]:,} x {matrix.shape[1]}; rebuild the faiss index"
+            )
+        faiss = import_faiss()
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise ValueError("the faiss index must use the inner-product metric (faiss.METRIC_INNER_PRODUCT)")
+        self.index = index
+        self.matrix = matrix
+        self.factory = factory
+        self.build_info = dict(build or {})
+        self.params: dict[str, Any] = {}
+        self.set_params(**(params or {}))
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def __repr__(self) -> str:
+        return f"FaissIndex({self.factory!r}, {len(self):,} x {self.dim}, params={self.params})"
+
+    @classmethod
+    def build(
+        cls,
+        matrix: Matrix,
+        factory: str = "Flat",
+        train_size: int = DEFAULT_TRAIN_SIZE,
+        seed: int = 0,
+        ef_construction: int | None = None,
+        **params: Any,
+    ) -> FaissIndex:
+        """Build (train on a seeded sample if needed, then add every row in order) a FAISS index.
+
+        Args:
+            matrix: [N, D] float32/float16 array, memmap or tensor; read in chunks.
+            factory: a `faiss.index_factory` string ("Flat", "IVF1024,Flat", "HNSW32", "IVF1024,PQ16").
+            train_size: rows sampled (without replacement, seeded) to train IVF centroids / PQ codebooks.
+            seed: the sample's and k-means' seed.
+            ef_construction: HNSW build-time candidates (FAISS default 40).
+            params: search parameters, e.g. nprobe=16, efSearch=128 (see `set_params`).
+        """
+        faiss = import_faiss()
+        count, dim = (int(s) for s in matrix.shape)
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.cp.seed = seed
+        if ef_construction is not None:
+            hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+            if hnsw is None:
+                raise ValueError(f"ef_construction is an HNSW setting; {factory!r} has no HNSW graph")
+            hnsw.efConstruction = ef_construction
+        build = {"train_size": 0, "seed": seed, "ef_construction": ef_construction}
+        if not index.is_trained:
+            size = min(count, train_size)
+            sample = np.sort(np.random.default_rng(seed).choice(count, size=size, replace=False))
+            index.train(
+                _float32(
+                    matrix[sample] if isinstance(matrix, np.ndarray) else matrix[torch.from_numpy(sample)]
+                )
+            )
+            build["train_size"] = size
+        for start in range(0, count, ADD_CHUNK_ROWS):
+            index.add(_float32(matrix[start : start + ADD_CHUNK_ROWS]))
+        return cls(index, matrix, factory, params=params, build=build)
+
+    def set_params(self, **params: Any) -> None:
+        """Set search parameters: `rerank` (ours, see the module doc), or FAISS's by name: nprobe (IVF),
+        efSearch (HNSW), or any other `faiss.ParameterSpace` name. `ef_search=` is accepted for efSearch."""
+        faiss = import_faiss()
+        if "ef_search" in params:
+            params["efSearch"] = params.pop("ef_search")
+        if "rerank" in params:
+            rerank = params.pop("rerank")
+            if rerank is not None and (isinstance(rerank, bool) or int(rerank) < 0):
+                raise ValueError(f"rerank must be a number of candidates >= 0, got {rerank!r}")
+            self.params["rerank"] = int(rerank or 0)
+        space = faiss.ParameterSpace()
+        for name, value in params.items():
+            if value is None:
+                continue
+            try:
+                space.set_index_parameter(self.index, name, value)
+            except RuntimeError as err:
+                raise ValueError(f"{self.factory!r} index has no search parameter {name!r}") from err
+            self.params[name] = value
+
+    @property
+    def nprobe(self) -> int | None:
+        return self.params.get("nprobe")
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        self.set_params(nprobe=value)
+
+    @property
+    def ef_search(self) -> int | None:
+        return self.params.get("efSearch")
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        self.set_params(efSearch=value)
+
+    def search(self, queries: Tensor, k: int) -> SearchResult:
+        """Top-k by inner product as FAISS finds it (exact for "Flat"); see `Index.search`.
+
+        With `rerank=R` the index proposes max(k, R) candidates whose scores are recomputed exactly
+        (float32, from the embeddings matrix) before the best k are kept."""
+        faiss = import_faiss()
+        queries = check_queries(queries, self.dim)
+        k = check_k(k, len(self))
+        if queries.shape[0] == 0 or k == 0:
+            return empty_result(queries.shape[0], k, queries.device)
+        fetch = min(len(self), max(k, self.params.get("rerank", 0)))
+        kwargs = {}
+        hnsw = getattr(faiss.downcast_index(self.index), "hnsw", None)
+        if hnsw is not None and hnsw.efSearch < fetch:
+            kwargs["params"] = faiss.SearchParametersHNSW(efSearch=fetch)  # HNSW finds at most efSearch hits
+        scores, ids = self.index.search(_float32(queries), fetch, **kwargs)  # [B, F] numpy
+        scores, ids = torch.from_numpy(scores), torch.from_numpy(ids).long()
+        missing = ids == MISSING_ID
+        if self.params.get("rerank", 0):
+            rows = read_rows(self.matrix, ids.clamp(min=0)).cpu()  # [B, F, D] exact vectors
+            scores = torch.einsum("bfd,bd->bf", rows, queries.cpu())  # [B, F]
+        scores[missing] = float("-inf")
+        scores, ids = order_hits(scores, ids)
+        return SearchResult(scores[:, :k].to(queries.device), ids[:, :k].to(queries.device))
+
+    def reconstruct(self, ids: Tensor) -> Tensor:
+        """The exact stored vectors of `ids` [...] as float32 [..., D] (from the matrix, not the codes)."""
+        ids = torch.as_tensor(ids)
+        return read_rows(self.matrix, check_ids(ids, len(self))).to(ids.device)
+
+    def save(self, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
+        """Write `faiss.index` and the manifest; and `embeddings.npy` unless the matrix already is that
+        file (an index built from a directory's memmap saves back into it without rewriting it).
+
+        Args:
+            directory: the index directory.
+            extra: provenance fields for the manifest (merged over those already there).
+        """
+        faiss = import_faiss()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "type": "faiss",
+            "file": FAISS_NAME,
+            "factory": self.factory,
+            "params": self.params,
+            **self.build_info,
+            "faiss_version": faiss.__version__,
+        }
+        target = directory / EMBEDDINGS_NAME
+        own = (
+            isinstance(self.matrix, np.memmap)
+            and target.exists()
+            and os.path.samefile(self.matrix.filename, target)
+        )
+        if own:
+            manifest = read_manifest(directory)
+            manifest.index = meta
+            manifest.extra.update(extra or {})
+        else:
+            manifest = write_embeddings(directory, self.matrix, extra=extra, index=meta)
+        tmp = directory / f".{FAISS_NAME}.tmp"
+        faiss.write_index(self.index, str(tmp))
+        os.replace(tmp, directory / FAISS_NAME)
+        write_manifest(directory, manifest)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], mmap: bool = True, **params: Any) -> FaissIndex:
+        """Open a directory written by `save`: `faiss.read_index` + the memory-mapped matrix.
+
+        Args:
+            directory: the index directory.
+            mmap: False reads the matrix into memory.
+            params: search parameters overriding the saved ones (nprobe=..., efSearch=...).
+        """
+        faiss = import_faiss()
+        directory = Path(directory)
+        matrix, manifest = open_embeddings(directory, mmap=mmap)
+        meta = _faiss_meta(manifest, directory)
+        index = faiss.read_index(str(directory / meta.get("file", FAISS_NAME)))
+        build = {k: meta[k] for k in ("train_size", "seed", "ef_construction") if k in meta}
+        return cls(index, matrix, meta["factory"], params={**meta.get("params", {}), **params}, build=build)
+
+
+def _faiss_meta(manifest: IndexManifest, directory: Path) -> dict[str, Any]:
+    meta = manifest.index
+    if meta.get("type") != "faiss" or not (directory / meta.get("file", FAISS_NAME)).is_file():
+        raise FileNotFoundError(
+            f"{directory} holds no FAISS index (manifest index={meta}); build one with "
+            "FaissIndex.build(matrix, factory).save(directory)"
+        )
+    return meta
