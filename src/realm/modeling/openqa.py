@@ -11,6 +11,8 @@ from typing import Any
 import torch
 
 from realm.config import RealmConfig
+from realm.index.base import Index
+from realm.index.exact import ExactIndex
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.outputs import RealmForOpenQAOutput, RealmReaderOutput
 from realm.modeling.pretrained import RealmPreTrainedModel
@@ -22,20 +24,29 @@ class RealmForOpenQA(RealmPreTrainedModel):
     """End-to-end open-domain QA: the embedder searches `block_emb`, the retriever builds reader inputs,
     the reader extracts the answer.
 
-    `block_emb` [num_block_records, D] is a persistent buffer, as in the port (it is part of the released
-    checkpoints); it is allocated uninitialised and filled by `from_pretrained`. Unlike the port, a batch of
-    questions is accepted (see `forward`).
+    Search goes through `index` (any `realm.index.Index`: exact, FAISS, sharded) when one is given. Without
+    one, the port's `block_emb` [num_block_records, D] buffer is searched exactly; it stays a persistent
+    buffer, as in the port (the released checkpoints hold it), allocated uninitialised and filled by
+    `from_pretrained`. Unlike the port, a batch of questions is accepted (see `forward`).
     """
 
     # A checkpoint without block embeddings still loads: they can be computed for any corpus.
     optional_key_prefixes = ("block_emb", "embedder.cls.predictions.", "reader.cls.predictions.")
 
-    def __init__(self, config: RealmConfig, retriever: RealmRetriever | None = None) -> None:
+    def __init__(
+        self, config: RealmConfig, retriever: RealmRetriever | None = None, index: Index | None = None
+    ) -> None:
         super().__init__(config)
         self.embedder = RealmEmbedder(config)
         self.reader = RealmReader(config)
         self.register_buffer("block_emb", torch.empty(config.num_block_records, config.retriever_proj_size))
         self.retriever = retriever
+        self.index = index
+
+    @property
+    def searcher(self) -> Index:
+        """The index searched: `index` if set, else an exact index over the `block_emb` buffer."""
+        return self.index if self.index is not None else ExactIndex(self.block_emb)
 
     @property
     def searcher_beam_size(self) -> int:
@@ -76,9 +87,16 @@ class RealmForOpenQA(RealmPreTrainedModel):
         # Embed the questions.
         query = self.embedder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).projected_score  # [B, D]
 
-        # Retrieve: exact MIPS over every block, then differentiable retrieval logits of the top K.
-        block_ids = self._search(query.detach(), self.searcher_beam_size)  # [B, K]
-        retrieved_emb = self.block_emb[block_ids].to(query.device)  # [B, K, D]
+        # Retrieve: MIPS over every block, then differentiable retrieval logits of the top K.
+        searcher = self.searcher
+        if len(searcher) != len(self.retriever):
+            raise ValueError(
+                f"the index has {len(searcher):,} blocks but the retriever has {len(self.retriever):,}; "
+                "rebuild the index from the retriever's block store (realm index build)"
+            )
+        with torch.no_grad():
+            block_ids = searcher.search(query.detach(), self.searcher_beam_size).ids  # [B, K]
+        retrieved_emb = searcher.reconstruct(block_ids).to(query.device)  # [B, K, D]
         relevance = torch.einsum("bd,bkd->bk", query, retrieved_emb)  # [B, K], gradient into the query tower
 
         # Build (question, block) reader inputs and locate the answers in them.
@@ -123,12 +141,6 @@ class RealmForOpenQA(RealmPreTrainedModel):
         else:
             result = RealmForOpenQAOutput(_stack_reader_outputs(outputs), predicted, block_ids)
         return result.to_tuple() if return_dict is False else result
-
-    @torch.no_grad()
-    def _search(self, query: torch.Tensor, k: int) -> torch.Tensor:
-        """Exact maximum inner product search of `block_emb`: [B, D] -> top-k block ids [B, K]."""
-        scores = torch.einsum("BD,QD->QB", self.block_emb, query.to(self.block_emb.device))  # [B, N_blocks]
-        return scores.topk(min(k, scores.shape[1]), dim=-1).indices.to(query.device)
 
 
 def _answers_per_question(answer_ids: Any, batch: int) -> list[Any] | None:
