@@ -1,4 +1,8 @@
-"""The `realm` command. The only module that parses arguments and prints."""
+"""The `realm` command. The only module that parses arguments and prints.
+
+Verbs: `demo`; `blocks build|import` (corpus -> block store); `index build|add` (block store -> embeddings);
+`ask` and `evaluate` (questions -> answers with evidence).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -21,6 +26,136 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_tokenizer(path: str):
+    from realm.tokenization import RealmTokenizerFast
+
+    # The fast tokenizer gives the slow one's tokens on any single text, much faster; it reads
+    # tokenizer.json when present and otherwise builds itself from vocab.txt.
+    return RealmTokenizerFast.from_pretrained(path)
+
+
+def _blocks_build(args: argparse.Namespace) -> int:
+    from realm.corpus import BuildConfig, build_store
+
+    config = BuildConfig(max_block_tokens=args.max_block_tokens, on_error=args.on_error, filter_pages=not args.keep_all_pages)
+    stats = build_store(
+        args.input,
+        args.out,
+        _load_tokenizer(args.tokenizer),
+        config,
+        progress=not args.no_progress,
+        append=args.append,
+        overwrite=args.overwrite,
+        num_workers=args.workers,
+    )
+    print(f"{args.out}:\n{stats.summary()}")
+    return 0
+
+
+def _blocks_import(args: argparse.Namespace) -> int:
+    from realm.corpus import import_block_records
+
+    store = import_block_records(
+        args.records,
+        _load_tokenizer(args.tokenizer),
+        args.out,
+        allow_pickle=args.allow_pickle,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(f"{args.out}: imported {len(store):,} blocks")
+    return 0
+
+
+def _index_build(args: argparse.Namespace) -> int:
+    from realm.corpus import BlockStore
+    from realm.distributed import init_distributed
+    from realm.index.build import IndexBuildConfig, build_index
+
+    context = init_distributed(args.device)
+    store = BlockStore.open(args.store)
+    config = IndexBuildConfig(
+        chunk_size=args.chunk_size,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        storage_dtype=args.storage_dtype,
+        compute_dtype=args.compute_dtype,
+    )
+    result = build_index(
+        store,
+        args.embedder,
+        args.out,
+        config,
+        store_fingerprint=store.fingerprint,
+        special_ids=store.special_ids,
+        device=args.device,
+        context=context,
+        progress=not args.no_progress,
+        provenance={"store": str(Path(args.store).resolve()), "embedder": str(Path(args.embedder).resolve())},
+    )
+    if context.is_main:
+        print(
+            f"{result.out_dir}: {result.count:,} block embeddings ({result.chunks_embedded} chunk(s) embedded here, "
+            f"{result.chunks_skipped} already done) in {result.seconds:.1f} s"
+        )
+    return 0
+
+
+def _index_add(args: argparse.Namespace) -> int:
+    from realm.index.add import add_documents
+
+    result = add_documents(
+        args.input, args.store, args.index, args.embedder, device=args.device, progress=not args.no_progress,
+        num_workers=args.workers,
+    )  # fmt: skip
+    verb = "resumed: " if result.resumed else ""
+    print(f"{verb}{args.index}: {result.blocks_before:,} -> {result.blocks_after:,} blocks (only the new ones embedded)")
+    return 0
+
+
+def _pipeline(args: argparse.Namespace):
+    from realm.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(args.model, args.store, args.index, device=args.device, k=args.k)
+
+
+def _ask(args: argparse.Namespace) -> int:
+    import json
+
+    questions = args.questions or [line.strip() for line in sys.stdin if line.strip()]
+    pipeline = _pipeline(args)
+    for answer in pipeline.ask(questions):
+        if args.json:
+            print(json.dumps(answer.to_dict(), ensure_ascii=False))
+            continue
+        print(f"Q: {answer.question}\nA: {answer.text}   (score {answer.score:.2f}, block {answer.block_id})")
+        for rank, ev in enumerate(answer.evidence, 1):
+            marked = ev.text[: ev.span_start] + "[[" + ev.span_text + "]]" + ev.text[ev.span_end :]
+            title = f"{ev.title}: " if ev.title else ""
+            print(f"  {rank}. p={ev.retrieval_probability:.3f} block {ev.block_id}  {title}{marked}")
+        print()
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from realm.eval import read_qa_jsonl, write_predictions_jsonl
+    from realm.eval.evaluate import evaluate
+
+    examples = read_qa_jsonl(args.data)
+    if args.regex != ("trec" in Path(args.data).name.lower()):
+        logging.getLogger("realm").warning(
+            "regex matching is meant for CuratedTrec (answers are patterns); %s regex=%s", args.data, args.regex
+        )
+    rows, summary = evaluate(
+        _pipeline(args), examples, regex=args.regex, recall_ks=args.recall_k, batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    if args.out:
+        write_predictions_jsonl(args.out, rows)
+    print(summary.table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="realm", description="REALM in modern PyTorch.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -31,13 +166,97 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     demo.set_defaults(run=_demo)
+
+    blocks = commands.add_parser("blocks", help="build the knowledge corpus (block store)").add_subparsers(
+        dest="blocks_command", required=True
+    )
+    build = blocks.add_parser("build", help="documents -> <=288-wordpiece blocks -> block store")
+    build.add_argument("input", help="JSONL ({title, text} per line), WikiExtractor --json output, or a folder of .txt")
+    build.add_argument("out", help="block store directory to write")
+    build.add_argument("--tokenizer", required=True, help="tokenizer directory (vocab.txt) or hub id")
+    build.add_argument("--max-block-tokens", type=int, default=288, help="[CLS] title [SEP] text [SEP] budget")
+    build.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="malformed input lines")
+    build.add_argument("--keep-all-pages", action="store_true", help="do not filter list/disambiguation pages")
+    build.add_argument("--workers", type=int, default=0, help="worker processes (0: this process)")
+    mode = build.add_mutually_exclusive_group()
+    mode.add_argument("--append", action="store_true", help="add the documents to an existing store")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    build.add_argument("--no-progress", action="store_true")
+    build.set_defaults(run=_blocks_build)
+
+    imp = blocks.add_parser("import", help="import the transformers port's block_records.npy")
+    imp.add_argument("records", help="block_records.npy")
+    imp.add_argument("out", help="block store directory to write")
+    imp.add_argument("--tokenizer", required=True, help="tokenizer directory (vocab.txt) or hub id")
+    imp.add_argument("--allow-pickle", action="store_true", help="read a pickled file (only if you trust it)")
+    imp.add_argument("--overwrite", action="store_true")
+    imp.add_argument("--no-progress", action="store_true")
+    imp.set_defaults(run=_blocks_import)
+
+    index = commands.add_parser("index", help="embed a block store for retrieval").add_subparsers(
+        dest="index_command", required=True
+    )
+    ibuild = index.add_parser("build", help="embed every block (resumable; split across torchrun processes)")
+    ibuild.add_argument("--store", required=True, help="block store directory")
+    ibuild.add_argument("--embedder", required=True, help="RealmEmbedder checkpoint directory")
+    ibuild.add_argument("--out", required=True, help="index directory to write")
+    ibuild.add_argument("--chunk-size", type=int, default=4096, help="blocks per resumable chunk")
+    ibuild.add_argument("--batch-size", type=int, default=64)
+    ibuild.add_argument("--max-length", type=int, default=288)
+    ibuild.add_argument("--storage-dtype", choices=("float32", "float16"), default="float32")
+    ibuild.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32")
+    ibuild.add_argument("--device", default="cpu", help="cpu, cuda (each torchrun rank takes its own GPU)")
+    ibuild.add_argument("--no-progress", action="store_true")
+    ibuild.set_defaults(run=_index_build)
+
+    iadd = index.add_parser("add", help="add documents to a block store and its index (embeds only the new blocks)")
+    iadd.add_argument("input", help="documents, as for `realm blocks build`")
+    iadd.add_argument("--store", required=True, help="the block store the index was built from")
+    iadd.add_argument("--index", required=True, help="the index directory")
+    iadd.add_argument("--embedder", required=True, help="the RealmEmbedder the index was built with")
+    iadd.add_argument("--workers", type=int, default=0, help="block-building worker processes")
+    iadd.add_argument("--device", default="cpu")
+    iadd.add_argument("--no-progress", action="store_true")
+    iadd.set_defaults(run=_index_add)
+
+    def add_pipeline_args(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--model", required=True, help="RealmForOpenQA checkpoint directory")
+        sub.add_argument("--store", required=True, help="block store directory")
+        sub.add_argument("--index", required=True, help="index directory built from that store")
+        sub.add_argument("--k", type=int, default=5, help="blocks read per question (REALM: 5)")
+        sub.add_argument("--device", default="cpu")
+
+    ask = commands.add_parser("ask", help="answer questions, with the evidence blocks")
+    ask.add_argument("questions", nargs="*", help="questions (default: one per line on stdin)")
+    add_pipeline_args(ask)
+    ask.add_argument("--json", action="store_true", help="one JSON object per answer")
+    ask.set_defaults(run=_ask)
+
+    ev = commands.add_parser("evaluate", help="EM / regex EM and retrieval recall@k on a QA JSONL file")
+    ev.add_argument("--data", required=True, help='JSONL {"question": str, "answer": [str, ...]} per line')
+    add_pipeline_args(ev)
+    ev.add_argument("--regex", action="store_true", help="answers are regexes (CuratedTrec)")
+    ev.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 20, 100])
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--out", help="write predictions JSONL here")
+    ev.add_argument("--no-progress", action="store_true")
+    ev.set_defaults(run=_evaluate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return args.run(args)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.run(args)
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:
+        # Input and setup errors carry their fix in the message; a traceback would only hide it.
+        if args.verbose:
+            raise
+        print(f"realm: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -110,10 +110,16 @@ class RealmPreTrainedModel(nn.Module):
             model.to(device=device, dtype=dtype)
         return model.eval()
 
-    def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
-        """Load a port-format weights file into this model (shapes checked, tied names resolved)."""
+    def load_checkpoint(self, path: str | os.PathLike[str], prefix: str = "") -> None:
+        """Load a port-format weights file into this model (shapes checked, tied names resolved).
+
+        Args:
+            prefix: load the part of a larger model saved under this prefix, e.g. `RealmEmbedder` from a
+                `RealmForOpenQA` checkpoint with prefix "embedder.".
+        """
         path = Path(path)
-        self.load_port_state_dict(read_state_dict(path), source=str(path))
+        source = f"{path} ({prefix}*)" if prefix else str(path)
+        self.load_port_state_dict(read_state_dict(path, prefix), source=source)
 
     def load_port_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Copy a port-format state dict into this model.

@@ -85,6 +85,20 @@ class RealmReader(RealmPreTrainedModel):
         out.hidden_states, out.attentions = trunk.hidden_states, trunk.attentions
         return out.to_tuple() if return_dict is False else out
 
+    def span_scores(
+        self, hidden: torch.Tensor, relevance_score: torch.Tensor, block_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Joint scores of every (block, span): span logit + the block's retrieval logit.
+
+        Args:
+            hidden: [R, T, H]; relevance_score: [>= R]; block_mask: [>= R, T].
+        Returns:
+            reader logits [R, N] (spans leaving the block get finfo.min), span starts [N], ends [N].
+        """
+        r = hidden.shape[0]
+        span_logits, starts, ends = self.qa_outputs(hidden, block_mask[:r])  # [R, N], [N], [N]
+        return span_logits + relevance_score[:r, None], starts, ends
+
     def read(
         self,
         hidden: torch.Tensor,
@@ -107,8 +121,7 @@ class RealmReader(RealmPreTrainedModel):
                 f"{block_mask.shape[0]} rows; both need at least one per block read"
             )
         # Read.
-        span_logits, starts, ends = self.qa_outputs(hidden, block_mask[:r])  # [R, N], [N], [N]
-        reader_logits = span_logits + relevance_score[:r, None]  # [R, N] joint score of (block, span)
+        reader_logits, starts, ends = self.span_scores(hidden, relevance_score, block_mask)  # [R, N], [N], [N]
         block_idx = reader_logits.max(dim=1).values.argmax()  # []
         candidate = reader_logits.max(dim=0).values.argmax()  # []
         out = RealmReaderOutput(

@@ -1,0 +1,168 @@
+"""Summarise a predictions file: EM (string or regex), F1, recall@k, as a record and a plain-text table.
+
+    rows = read_predictions_jsonl("nq_dev_predictions.jsonl")
+    summary = summarize(rows, regex=False)
+    print(summary.table())                    # the CLI prints; this module never does
+
+Each row is a mapping with "prediction" (str, or None for a question the model did not answer: counted
+wrong, as ORQA's `missing_predictions`) and "answers" (strings, or regexes when `regex=True`). When rows
+carry "hits" (one bool per retrieved block, best first, from `metrics.retrieval_hits`), recall@k is
+reported too; then every row must carry them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from realm.eval.metrics import (
+    DEFAULT_RECALL_KS,
+    exact_match,
+    f1_score,
+    is_valid_regex,
+    recall_at_k,
+    regex_match,
+)
+
+logger = logging.getLogger(__name__)
+
+HITS_KEY = "hits"
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Open-QA scores over a set of predictions. Rates are fractions in [0, 1]; `table()` shows percent.
+
+    Attributes:
+        count: number of questions.
+        exact_match: EM, max over references (ORQA normalisation, or regex match when `regex`).
+        f1: SQuAD token F1, max over references; None in regex mode (F1 against a regex is undefined).
+        recall: {k: recall@k} when the rows carry retrieval hits, else empty.
+        regex: whether answers were matched as regexes (CuratedTrec).
+        num_missing: questions with no prediction (None), counted wrong.
+        num_invalid_regex: answer patterns that do not compile (regex mode), counted as no match.
+    """
+
+    count: int
+    exact_match: float
+    f1: float | None
+    recall: dict[int, float]
+    regex: bool
+    num_missing: int = 0
+    num_invalid_regex: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (recall keys become "recall@k")."""
+        out: dict[str, Any] = {
+            "count": self.count,
+            "exact_match": self.exact_match,
+            "f1": self.f1,
+            "regex": self.regex,
+            "num_missing": self.num_missing,
+            "num_invalid_regex": self.num_invalid_regex,
+        }
+        out.update({f"recall@{k}": v for k, v in self.recall.items()})
+        return out
+
+    def table(self) -> str:
+        """A two-column plain-text table, one metric a line, rates in percent with two decimals."""
+        rows: list[tuple[str, str]] = [("questions", f"{self.count:,}")]
+        rows.append(("exact match (regex)" if self.regex else "exact match", f"{100 * self.exact_match:.2f}"))
+        if self.f1 is not None:
+            rows.append(("F1", f"{100 * self.f1:.2f}"))
+        rows.extend((f"recall@{k}", f"{100 * v:.2f}") for k, v in self.recall.items())
+        if self.num_missing:
+            rows.append(("missing predictions", f"{self.num_missing:,}"))
+        if self.regex:
+            rows.append(("invalid answer regexes", f"{self.num_invalid_regex:,}"))
+        name_width = max(len("metric"), *(len(name) for name, _ in rows))
+        value_width = max(len("value"), *(len(value) for _, value in rows))
+        lines = [
+            f"{'metric':<{name_width}}  {'value':>{value_width}}",
+            f"{'-' * name_width}  {'-' * value_width}",
+        ]
+        lines.extend(f"{name:<{name_width}}  {value:>{value_width}}" for name, value in rows)
+        return "\n".join(lines)
+
+
+def _answers_of(row: Mapping[str, Any], index: int) -> list[str]:
+    answers = row.get("answers")
+    if not isinstance(answers, list | tuple) or not all(isinstance(a, str) for a in answers):
+        raise ValueError(f'prediction row {index}: "answers" must be a list of strings')
+    return list(answers)
+
+
+def _prediction_of(row: Mapping[str, Any], index: int) -> str | None:
+    if "prediction" not in row:
+        raise ValueError(f'prediction row {index} lacks "prediction" (use None for an unanswered question)')
+    prediction = row["prediction"]
+    if prediction is not None and not isinstance(prediction, str):
+        raise ValueError(f'prediction row {index}: "prediction" must be a string or None')
+    return prediction
+
+
+def summarize(
+    predictions: Iterable[Mapping[str, Any]], regex: bool, ks: Iterable[int] = DEFAULT_RECALL_KS
+) -> Summary:
+    """Score prediction rows: EM (string or regex), F1 (string mode), recall@k (when rows carry hits).
+
+    Args:
+        predictions: rows with "prediction" and "answers", optionally "hits" (see the module docstring).
+        regex: match answers as regexes, ORQA's CuratedTrec evaluation (`regex_match`); else
+            `exact_match` and `f1_score` on normalised strings.
+        ks: recall cut-offs; cut-offs beyond the longest ranking are left out.
+
+    Returns:
+        The Summary.
+
+    Raises:
+        ValueError: no rows, a malformed row (its 0-based index is named), or hits on some rows only.
+    """
+    count = num_correct = num_missing = num_invalid = 0
+    f1_total = 0.0
+    all_hits: list[list[bool]] = []
+    first_with_hits: bool | None = None
+    for index, row in enumerate(predictions):
+        count += 1
+        prediction = _prediction_of(row, index)
+        answers = _answers_of(row, index)
+        if regex:
+            num_invalid += sum(1 for a in answers if not is_valid_regex(a))
+        if prediction is None:
+            num_missing += 1
+        elif regex:
+            num_correct += regex_match(prediction, answers)
+        else:
+            num_correct += exact_match(prediction, answers)
+            f1_total += f1_score(prediction, answers)
+
+        has_hits = HITS_KEY in row
+        if first_with_hits is None:
+            first_with_hits = has_hits
+        elif has_hits != first_with_hits:
+            raise ValueError(
+                f'prediction row {index} {"has" if has_hits else "lacks"} "{HITS_KEY}" but row 0 '
+                f"{'has' if first_with_hits else 'does not'}; recall@k needs hits on every row or none"
+            )
+        if has_hits:
+            hits = row[HITS_KEY]
+            if not isinstance(hits, list | tuple) or not all(isinstance(h, bool) for h in hits):
+                raise ValueError(f'prediction row {index}: "{HITS_KEY}" must be a list of booleans')
+            all_hits.append(list(hits))
+    if count == 0:
+        raise ValueError("no predictions to summarize")
+    if num_missing:
+        logger.warning("%d of %d questions have no prediction; they count as wrong", num_missing, count)
+    if num_invalid:
+        logger.warning("%d answer regexes do not compile; they count as no match", num_invalid)
+    return Summary(
+        count=count,
+        exact_match=num_correct / count,
+        f1=None if regex else f1_total / count,
+        recall=recall_at_k(all_hits, ks) if all_hits else {},
+        regex=regex,
+        num_missing=num_missing,
+        num_invalid_regex=num_invalid,
+    )
