@@ -1,7 +1,7 @@
 """The `realm` command. The only module that parses arguments and prints.
 
 Verbs: `demo`; `blocks build|import` (corpus -> block store); `index build|add` (block store -> embeddings);
-`ask` and `evaluate` (questions -> answers with evidence).
+`ask` and `evaluate` (questions -> answers with evidence); `finetune` (ORQA/REALM Open-QA fine-tuning).
 """
 
 from __future__ import annotations
@@ -156,6 +156,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from realm.distributed import DistributedContext
+    from realm.train import FinetuneConfig, finetune
+
+    config = FinetuneConfig.load(args.config, args.overrides)
+    result = finetune(config, resume=args.resume)
+    if DistributedContext.current().is_main:
+        print(f"{result.output_dir}: {result.step:,} steps; last checkpoint in {result.last_dir}")
+        if result.best is not None:
+            recall = result.best.get("recall@5")
+            shown = f", recall@5 {100 * recall:.2f}" if recall is not None else ""
+            print(
+                f"best: EM {100 * result.best['exact_match']:.2f}{shown} at step {result.best['step']:,} "
+                f"in {result.best_dir}"
+            )
+        print(f"metrics: {result.metrics_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="realm", description="REALM in modern PyTorch.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -241,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="write predictions JSONL here")
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(run=_evaluate)
+
+    ft = commands.add_parser(
+        "finetune",
+        help="fine-tune a RealmForOpenQA checkpoint on Open-QA questions (ORQA/REALM recipe; torchrun for N processes)",
+    )
+    ft.add_argument("--config", help="TOML file of finetune settings (see configs/finetune_nq.toml)")
+    ft.add_argument("overrides", nargs="*", metavar="key=value", help="settings over the file's, e.g. lr=3e-5 num_steps=100")
+    ft.add_argument("--resume", action="store_true", help="continue from <output_dir>/last if it exists")
+    ft.set_defaults(run=_finetune)
     return parser
 
 

@@ -244,10 +244,12 @@ class BlockStore:
         values = column.flatten().to_numpy(zero_copy_only=False).astype(np.int32)
         width = int(lengths.max(initial=0)) if length is None else length
         out = np.full((lengths.size, width), pad_id, dtype=np.int32)
-        rows = np.repeat(np.arange(lengths.size), lengths)
-        cols = np.arange(values.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        keep = cols < width
-        out[rows[keep], cols[keep]] = values[keep]
+        longest = int(lengths.max(initial=0))
+        present = np.arange(longest)[None, :] < lengths[:, None]  # [N, longest], row-major = values' order
+        if width >= longest:
+            out[:, :longest][present] = values
+        else:  # keep each block's first `width` ids
+            out[present[:, :width]] = values[np.broadcast_to(np.arange(longest) < width, present.shape)[present]]
         return out, lengths
 
     def get(self, ids: Sequence[int] | np.ndarray) -> list[Block]:

@@ -1,0 +1,232 @@
+"""The ORQA/REALM fine-tuning step (the paper's Sec. 3.3-3.4; ORQA's `orqa_model.py`; spec Sec. 3.4-3.5).
+
+For each question of a batch:
+
+    Retrieve.   q = Embed(question); top-K blocks of the FROZEN index by q . e (K = searcher_beam_size);
+                retrieval logits q . e_k recomputed exactly, differentiable in q only.
+    Label.      has_answers[k]: block k, as truncated in the reader's input, contains an answer (token-id
+                matching, as `RealmRetriever.block_has_answer`), for all K blocks, from stored ids.
+    Read.       the top R blocks (R = reader_beam_size) as `[CLS] question [SEP] block [SEP]`; span scores
+                + retrieval logits; gold spans where an answer occurs.
+    Marginalise. retriever loss (MML over the K blocks) + reader loss (MML over R x spans), each zeroed
+                without a positive (`realm.objectives.reader_losses`); the batch loss is their mean.
+
+The numbers are `RealmForOpenQA`'s in train mode (see tests/test_finetune.py); the difference is speed:
+`RealmForOpenQA`, like the port, builds reader inputs for all K blocks, and the port decodes the question
+and re-tokenizes K (question, block) texts every step. Here nothing is decoded or re-tokenized, reader
+inputs are built only for the R blocks read, and the K labels come from one numpy search over the
+blocks' stored ids (`realm.train.answers`).
+
+Shapes: B questions, Q question tokens, K retrieved, R read, T reader tokens, H hidden, D projection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from realm.corpus import BlockStore
+from realm.index import Index
+from realm.modeling.embedder import RealmEmbedder
+from realm.modeling.reader import RealmReader
+from realm.retrieval import RealmRetriever
+from realm.train.answers import NO_TOKEN, answers_in_blocks
+
+# Parameters no fine-tuning forward uses: the MLM heads the released checkpoints carry, and the reader's
+# [CLS] pooler. They are frozen (and saved unchanged) so that DistributedDataParallel sees every
+# trainable parameter receive a gradient.
+UNUSED_PARAMETER_PREFIXES = ("embedder.cls.predictions.", "reader.cls.", "reader.realm.pooler.")
+
+
+@dataclass
+class EncodedQuestions:
+    """Questions and answers tokenized once, before training.
+
+    Attributes:
+        question_ids: per question, `[CLS] question [SEP]` ids (truncated to the question length).
+        answer_ids: per question, its answers' ids (no special tokens).
+    """
+
+    question_ids: list[list[int]]
+    answer_ids: list[list[list[int]]]
+
+    def __len__(self) -> int:
+        return len(self.question_ids)
+
+
+def encode_questions(tokenizer: Any, questions: Sequence[str], answers: Sequence[Sequence[str]], max_length: int) -> EncodedQuestions:
+    """Tokenize questions as `Pipeline.retrieve` does, and answers without special tokens."""
+    question_ids = tokenizer(list(questions), truncation=True, max_length=max_length)["input_ids"]
+    flat = [a for group in answers for a in group]
+    flat_ids = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+    answer_ids, start = [], 0
+    for group in answers:
+        answer_ids.append([list(ids) for ids in flat_ids[start : start + len(group)]])
+        start += len(group)
+    return EncodedQuestions([list(q) for q in question_ids], answer_ids)
+
+
+def collate_questions(question_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest: input_ids [B, Q] and attention_mask [B, Q]."""
+    width = max(len(q) for q in question_ids)
+    ids = torch.full((len(question_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(question_ids), width), dtype=torch.long)
+    for row, q in enumerate(question_ids):
+        ids[row, : len(q)] = torch.tensor(q, dtype=torch.long)
+        mask[row, : len(q)] = 1
+    return ids, mask
+
+
+@dataclass
+class FinetuneOutput:
+    """One batch's losses and the health counts ORQA logs.
+
+    Attributes:
+        loss: [] mean over the batch of retriever_loss + reader_loss.
+        retriever_loss, reader_loss: [B] per question.
+        answer_retrieved: [B] some of the K retrieved blocks contains an answer (ORQA's top_K_match).
+        answer_read: [B] a gold span exists in the R blocks read (ORQA's reader_oracle).
+    """
+
+    loss: torch.Tensor
+    retriever_loss: torch.Tensor
+    reader_loss: torch.Tensor
+    answer_retrieved: torch.Tensor
+    answer_read: torch.Tensor
+
+
+class OpenQAFinetuner(nn.Module):
+    """The trainable query tower and reader, with the frozen index and store they retrieve from.
+
+    Wrap it in `DistributedDataParallel` as a whole: its forward is one training step's forward pass.
+
+    Args:
+        embedder: the query tower (trained). The index was built by a document tower (not trained).
+        reader: the reader (trained).
+        store: the blocks the index was built from; tokenizer: the store's tokenizer.
+        index: the block embeddings; searched without gradient, its vectors never change.
+        searcher_beam_size: K; reader_beam_size: R; reader_seq_len: T at most.
+    """
+
+    def __init__(
+        self,
+        embedder: RealmEmbedder,
+        reader: RealmReader,
+        store: BlockStore,
+        index: Index,
+        tokenizer: Any,
+        searcher_beam_size: int,
+        reader_beam_size: int,
+        reader_seq_len: int,
+    ) -> None:
+        super().__init__()
+        if len(index) != len(store):
+            raise ValueError(
+                f"the index has {len(index):,} blocks but the store has {len(store):,}; rebuild it from this "
+                "store with: realm index build"
+            )
+        self.embedder = embedder
+        self.reader = reader
+        self.store = store
+        self.index = index
+        self.tokenizer = tokenizer
+        self.retriever = RealmRetriever(store, tokenizer)
+        self.searcher_beam_size = searcher_beam_size
+        self.reader_beam_size = reader_beam_size
+        self.reader_seq_len = reader_seq_len
+        for name, parameter in self.named_parameters():
+            if name.startswith(UNUSED_PARAMETER_PREFIXES):
+                parameter.requires_grad_(False)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, answer_ids: list[list[list[int]]]
+    ) -> FinetuneOutput:
+        """
+        Args:
+            input_ids, attention_mask: [B, Q] questions (`collate_questions`).
+            answer_ids: per question, its answers as token-id lists.
+        """
+        batch = input_ids.shape[0]
+        device = self.reader.device
+
+        # Retrieve.
+        query = self.embedder(
+            input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)
+        ).projected_score  # [B, D]
+        k = min(self.searcher_beam_size, len(self.index))
+        with torch.no_grad():
+            block_ids = self.index.search(query.detach().float(), k).ids.cpu()  # [B, K]
+        if bool((block_ids < 0).any()):
+            raise RuntimeError(
+                f"the index found fewer than {k} blocks for a question (an approximate index with a small "
+                "nprobe?); lower searcher_beam_size or search more of the index"
+            )
+        retrieved = self.index.reconstruct(block_ids).to(device)  # [B, K, D], frozen
+        with torch.autocast(device.type, enabled=False):
+            relevance = torch.einsum("bd,bkd->bk", query.float(), retrieved)  # [B, K], gradient into q only
+
+        # Label all K blocks; build reader inputs and gold spans for the R read.
+        r = min(self.reader_beam_size, k)
+        questions = input_ids.cpu()
+        has_answers, starts, ends, encoded = [], [], [], []
+        for b in range(batch):
+            ids = block_ids[b].numpy()
+            tokens, lengths = self.store.token_ids_array(ids, pad_id=NO_TOKEN)  # [K, L], [K]
+            question = questions[b][attention_mask[b].cpu().bool()].tolist()
+            has_answers.append(
+                answers_in_blocks(self.tokenizer, question, tokens, lengths, answer_ids[b], self.reader_seq_len)
+            )
+            _, gold_starts, gold_ends, concat = self.retriever(
+                ids[:r], [question], answer_ids[b], max_length=self.reader_seq_len
+            )
+            starts.append(gold_starts)
+            ends.append(gold_ends)
+            encoded.append(concat)
+        inputs = _stack_encodings(encoded, self.tokenizer.pad_token_id, device)  # each [B, R, T]
+        block_mask = ~inputs["special_tokens_mask"].bool() & inputs["token_type_ids"].bool()  # [B, R, T]
+
+        # Read.
+        t = inputs["input_ids"].shape[-1]
+        hidden = self.reader.realm(
+            inputs["input_ids"].view(batch * r, t),
+            attention_mask=inputs["attention_mask"].view(batch * r, t),
+            token_type_ids=inputs["token_type_ids"].view(batch * r, t),
+        ).last_hidden_state.view(batch, r, t, -1)  # [B, R, T, H]
+
+        # Marginalise.
+        outputs = [
+            self.reader.read(
+                hidden[b],
+                relevance[b],
+                block_mask[b],
+                start_positions=torch.tensor(starts[b], dtype=torch.long, device=device),  # [R, A]
+                end_positions=torch.tensor(ends[b], dtype=torch.long, device=device),  # [R, A]
+                has_answers=torch.from_numpy(has_answers[b]).to(device),
+            )
+            for b in range(batch)
+        ]
+        retriever_loss = torch.stack([o.retriever_loss for o in outputs]).float()  # [B]
+        reader_loss = torch.stack([o.reader_loss for o in outputs]).float()  # [B]
+        return FinetuneOutput(
+            loss=(retriever_loss + reader_loss).mean(),
+            retriever_loss=retriever_loss,
+            reader_loss=reader_loss,
+            answer_retrieved=torch.tensor([bool(h.any()) for h in has_answers], device=device),
+            answer_read=torch.stack([o.reader_correct.any() for o in outputs]),
+        )
+
+
+def _stack_encodings(encodings: list[Any], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Per-question [R, T_b] reader inputs -> [B, R, T] tensors, right-padded to the longest T_b."""
+    t = max(e["input_ids"].shape[1] for e in encodings)
+    fill = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0, "special_tokens_mask": 1}
+    out = {}
+    for key, value in fill.items():
+        rows = [torch.nn.functional.pad(e[key], (0, t - e[key].shape[1]), value=value) for e in encodings]
+        out[key] = torch.stack(rows).to(device)
+    return out
+

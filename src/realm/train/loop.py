@@ -1,0 +1,389 @@
+"""`finetune(config)`: the training loop of `realm finetune`, one code path for 1..N processes.
+
+Run it in one process, or under `torchrun --nproc_per_node N` (DistributedDataParallel over the query
+tower and reader: gloo on CPU, nccl on GPU). Each optimizer step reads a global batch of
+batch_size x processes x grad_accumulation questions; every process takes a disjoint slice, so N
+processes compute the same update as one process with the same global batch.
+
+Per step: forward/backward of each micro-batch (`OpenQAFinetuner`, optionally under bf16 autocast; the
+gradient all-reduce happens once, on the last micro-batch), gradient clipping, AdamW, linear warm-up
+then linear decay. Every `log_every` steps a row goes to `metrics.jsonl` (and TensorBoard when
+installed); every `eval_every` steps the main process evaluates on the dev set with `realm.eval.evaluate`
+(EM, recall@k) and keeps the best in `best/`; every `save_every` steps `last/` is written for `--resume`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from realm.config import RealmConfig
+from realm.corpus import BlockStore
+from realm.distributed import DistributedContext, init_distributed, rank_device
+from realm.eval import QAExample, read_qa_jsonl
+from realm.eval.evaluate import evaluate
+from realm.index import open_index
+from realm.index.build import check_index
+from realm.pipeline import Pipeline
+from realm.tokenization import RealmTokenizerFast
+from realm.train.config import FinetuneConfig
+from realm.train.finetune import OpenQAFinetuner, collate_questions, encode_questions
+from realm.train.state import (
+    BEST_DIR,
+    LAST_DIR,
+    capture_rng,
+    find_checkpoint,
+    global_batch_indices,
+    load_towers,
+    load_training_checkpoint,
+    process_slice,
+    restore_rng,
+    save_model_checkpoint,
+    save_training_checkpoint,
+    seed_everything,
+)
+
+logger = logging.getLogger(__name__)
+
+METRICS_NAME = "metrics.jsonl"
+RECALL_KS = (1, 5, 20, 100)
+# Changing these changes which questions later steps read: a resumed run must keep them.
+DATA_ORDER_KEYS = ("seed", "train")
+
+
+@dataclass
+class FinetuneResult:
+    """What a `finetune` call did.
+
+    Attributes:
+        step: optimizer steps done (in total, counting a resumed run's earlier ones).
+        best: the best evaluation ({"step", "exact_match", "recall@5", ...}), None without a dev set.
+        output_dir: holds `last/`, `best/` and `metrics.jsonl`.
+    """
+
+    step: int
+    best: dict[str, Any] | None
+    output_dir: Path
+
+    @property
+    def last_dir(self) -> Path:
+        return self.output_dir / LAST_DIR
+
+    @property
+    def best_dir(self) -> Path:
+        return self.output_dir / BEST_DIR
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.output_dir / METRICS_NAME
+
+
+def finetune(config: FinetuneConfig, *, resume: bool = False, stop_after: int | None = None) -> FinetuneResult:
+    """Fine-tune `config.model` on `config.train`; see the module doc.
+
+    Args:
+        resume: continue from `output_dir/last` if it exists (else start afresh). Without it, an output
+            directory that already holds a checkpoint is refused.
+        stop_after: stop (after saving `last/`) once this many steps are done, as a kill would, without
+            changing the schedule; `resume=True` continues the same run.
+    """
+    context = init_distributed(config.device)
+    device = rank_device(config.device, context)
+    output_dir = Path(config.output_dir)
+    checkpoint = find_checkpoint(output_dir) if resume else None
+    if not resume and find_checkpoint(output_dir) is not None:
+        raise FileExistsError(
+            f"{output_dir} already holds a fine-tuning checkpoint; continue it with --resume or choose "
+            "another output_dir"
+        )
+    seed_everything(config.seed + context.rank)
+
+    store = BlockStore.open(config.store)
+    tokenizer = RealmTokenizerFast.from_pretrained(store.path / "tokenizer")
+    check_index(config.index, store, store_dir=config.store)
+    index = open_index(config.index)
+    model_config = _model_config(config, len(tokenizer))
+    embedder, reader = load_towers(checkpoint or config.model, model_config, device)
+    finetuner = OpenQAFinetuner(
+        embedder, reader, store, index, tokenizer,
+        config.searcher_beam_size, config.reader_beam_size, config.reader_seq_len,
+    )  # fmt: skip
+    train = _read_train(config.train)
+    encoded = encode_questions(
+        tokenizer, [e.question for e in train], [e.answers for e in train], config.question_max_length
+    )
+    dev = read_qa_jsonl(config.dev)[: config.eval_examples or None] if config.dev else []
+    unanswerable = sum(not any(answers) for answers in encoded.answer_ids)
+    if unanswerable:
+        logger.warning("%d of %d training questions have no answer with wordpieces: their loss is always 0",
+                       unanswerable, len(train))  # fmt: skip
+
+    trainable = [p for p in finetuner.parameters() if p.requires_grad]
+    optimizer = _optimizer(finetuner, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config.num_warmup_steps, config.num_steps))
+    step, best = 0, None
+    if checkpoint is not None:
+        step, best = _resume(checkpoint, config, context, optimizer, scheduler)
+        logger.info("resuming %s at step %d", checkpoint, step)
+    model: Any = finetuner
+    if context.is_distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            finetuner, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        )
+
+    metrics = _MetricsLog(output_dir, step, enabled=context.is_main)
+    if context.is_main:
+        config.save(_mkdir(output_dir))
+    global_batch = config.global_batch_size(context.world_size)
+    logger.info(
+        "fine-tuning on %d questions: %d steps of %d (= %d per process x %d processes x %d accumulated)",
+        len(train), config.num_steps, global_batch, config.batch_size, context.world_size, config.grad_accumulation,
+    )  # fmt: skip
+
+    def evaluate_and_keep_best() -> None:
+        nonlocal best
+        if context.is_main:
+            summary = _evaluate(finetuner, dev, config)
+            score = {"step": step, "exact_match": summary.exact_match, "f1": summary.f1,
+                     **{f"recall@{k}": v for k, v in summary.recall.items()}}  # fmt: skip
+            improved = best is None or _rank(score) > _rank(best)
+            if improved:
+                best = score
+                save_model_checkpoint(output_dir / BEST_DIR, embedder, reader, model_config, config, score)
+            metrics.write({"kind": "eval", **score, "best": improved})
+        context.barrier()
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.num_steps, initial=step, unit="step", desc="finetune",
+               disable=not (config.progress and context.is_main))  # fmt: skip
+    if config.eval_at_start and step == 0 and dev:
+        evaluate_and_keep_best()
+    window_start, window_steps, smoothed = time.perf_counter(), 0, None
+    finetuner.train()
+    while step < config.num_steps and (stop_after is None or step < stop_after):
+        indices = global_batch_indices(config.seed, step, global_batch, len(encoded))
+        totals = torch.zeros(5, dtype=torch.float64, device=device)  # summed over the questions read here
+        optimizer.zero_grad(set_to_none=True)
+        for micro in range(config.grad_accumulation):
+            mine = process_slice(indices, micro, context.rank, config.batch_size, context.world_size).tolist()
+            input_ids, attention_mask = collate_questions([encoded.question_ids[i] for i in mine], tokenizer.pad_token_id)
+            last_micro = micro == config.grad_accumulation - 1
+            sync = model.no_sync() if context.is_distributed and not last_micro else nullcontext()
+            with sync:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                    out = model(input_ids.to(device), attention_mask.to(device), [encoded.answer_ids[i] for i in mine])
+                (out.loss / config.grad_accumulation).backward()
+            totals += torch.stack([
+                (out.retriever_loss + out.reader_loss).sum(), out.retriever_loss.sum(), out.reader_loss.sum(),
+                out.answer_retrieved.sum(), out.answer_read.sum(),
+            ]).detach().double()  # fmt: skip
+        if context.is_distributed:
+            dist.all_reduce(totals)
+        totals = (totals / global_batch).tolist()
+        max_norm = config.clip_norm if config.clip_norm > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        window_steps += 1
+        smoothed = totals[0] if smoothed is None else 0.9 * smoothed + 0.1 * totals[0]
+        bar.update(1)
+        bar.set_postfix(loss=f"{smoothed:.3f}", refresh=False)
+
+        if step % config.log_every == 0 or step == config.num_steps:
+            now = time.perf_counter()
+            metrics.write({
+                "kind": "train", "step": step, "loss": totals[0], "retriever_loss": totals[1],
+                "reader_loss": totals[2], "answer_retrieved": totals[3], "answer_read": totals[4],
+                "grad_norm": grad_norm, "lr": lr, "steps_per_s": window_steps / max(now - window_start, 1e-9),
+            })  # fmt: skip
+            window_start, window_steps = now, 0
+        paused = time.perf_counter()  # evaluation and saving do not count in steps/s
+        if dev and ((config.eval_every and step % config.eval_every == 0) or step == config.num_steps):
+            evaluate_and_keep_best()
+            finetuner.train()
+        if (config.save_every and step % config.save_every == 0) or step in (config.num_steps, stop_after):
+            _save_last(output_dir, finetuner, model_config, config, optimizer, scheduler, step, best, context)
+        window_start += time.perf_counter() - paused
+    bar.close()
+    metrics.close()
+    return FinetuneResult(step, best, output_dir)
+
+
+# -- pieces ---------------------------------------------------------------------------------------
+
+
+def _model_config(config: FinetuneConfig, vocab_size: int) -> RealmConfig:
+    """The init checkpoint's config with the run's beam sizes, reader length and span width."""
+    model_config = RealmConfig.from_pretrained(config.model)
+    model_config.set("searcher_beam_size", config.searcher_beam_size)
+    model_config.set("reader_beam_size", config.reader_beam_size)
+    model_config.set("reader_seq_len", config.reader_seq_len)
+    if config.max_span_width is not None:
+        model_config.set("max_span_width", config.max_span_width)
+    longest = max(config.reader_seq_len, config.question_max_length)
+    if longest > model_config.max_position_embeddings:
+        raise ValueError(
+            f"reader_seq_len / question_max_length ({longest}) exceed the model's max_position_embeddings "
+            f"({model_config.max_position_embeddings}); lower them"
+        )
+    if vocab_size > model_config.vocab_size:
+        raise ValueError(
+            f"the store's tokenizer has {vocab_size} tokens but {config.model} only {model_config.vocab_size}: "
+            "the store was built with another tokenizer than the model's"
+        )
+    return model_config
+
+
+def _read_train(path: str) -> list[QAExample]:
+    examples = read_qa_jsonl(path)
+    if not examples:
+        raise ValueError(f"{path}: no training questions")
+    return examples
+
+
+def _optimizer(finetuner: torch.nn.Module, config: FinetuneConfig) -> torch.optim.AdamW:
+    """AdamW; as BERT's optimizer, no weight decay on biases and LayerNorm weights."""
+    decay, no_decay = [], []
+    for name, parameter in finetuner.named_parameters():
+        if parameter.requires_grad:
+            skip = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+            (no_decay if skip else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, eps=config.adam_eps)
+
+
+def _schedule(warmup: int, total: int) -> Any:
+    """Learning-rate factor at a step: linear warm-up to 1, then linear decay to 0 at `total`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def _rank(score: dict[str, Any]) -> tuple[float, float]:
+    return score["exact_match"], score.get("recall@5", 0.0)
+
+
+def _evaluate(finetuner: OpenQAFinetuner, examples: list[QAExample], config: FinetuneConfig) -> Any:
+    """EM / recall@k of the current towers with `realm.eval.evaluate` (the `Pipeline` `realm ask` uses)."""
+    pipeline = Pipeline(
+        finetuner.embedder, finetuner.reader, finetuner.store, finetuner.index, tokenizer=finetuner.tokenizer,
+        k=config.reader_beam_size, max_question_length=config.question_max_length,
+    )  # fmt: skip
+    _, summary = evaluate(pipeline, examples, recall_ks=RECALL_KS, batch_size=config.eval_batch_size, progress=False)
+    return summary
+
+
+def _resume(
+    checkpoint: Path, config: FinetuneConfig, context: DistributedContext, optimizer: Any, scheduler: Any
+) -> tuple[int, dict[str, Any] | None]:
+    optimizer_state, state = load_training_checkpoint(checkpoint)
+    saved = json.loads((checkpoint / "finetune_config.json").read_text())
+    global_batch = config.global_batch_size(context.world_size)
+    changed = [k for k in DATA_ORDER_KEYS if saved.get(k) != getattr(config, k)]
+    if changed or state["global_batch_size"] != global_batch:
+        raise ValueError(
+            f"{checkpoint} was written by a run with other {', '.join(changed) or 'global batch size'} "
+            f"(global batch {state['global_batch_size']}, now {global_batch}); resume with the same settings"
+        )
+    others = sorted(k for k, v in config.to_dict().items() if k in saved and saved[k] != v)
+    if others:
+        logger.warning("resuming with changed settings: %s", ", ".join(others))
+    optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(state["scheduler"])
+    if len(state["rng"]) == context.world_size:
+        restore_rng(state["rng"][context.rank])
+    else:
+        logger.warning("the checkpoint has RNG states of %d processes, not %d: reseeding", len(state["rng"]), context.world_size)
+    return int(state["step"]), state.get("best")
+
+
+def _save_last(
+    output_dir: Path, finetuner: OpenQAFinetuner, model_config: RealmConfig, config: FinetuneConfig,
+    optimizer: Any, scheduler: Any, step: int, best: dict[str, Any] | None, context: DistributedContext,
+) -> None:  # fmt: skip
+    rng = capture_rng()
+    states = [rng]
+    if context.is_distributed:
+        states = [None] * context.world_size
+        dist.all_gather_object(states, rng)
+    if context.is_main:
+        global_batch = config.global_batch_size(context.world_size)
+        trainer_state = {
+            "step": step, "best": best, "rng": states, "world_size": context.world_size,
+            "global_batch_size": global_batch, "seed": config.seed, "position": step * global_batch,
+        }  # fmt: skip
+        save_training_checkpoint(
+            output_dir / LAST_DIR, finetuner.embedder, finetuner.reader, model_config, config, optimizer, scheduler,
+            trainer_state,
+        )  # fmt: skip
+    context.barrier()
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class _MetricsLog:
+    """`metrics.jsonl` rows (and TensorBoard scalars when `tensorboard` is installed), main process only.
+
+    On resume, rows after the checkpoint's step (written before the kill, the last one perhaps cut short)
+    are dropped first, so the file reads as one uninterrupted run.
+    """
+
+    def __init__(self, output_dir: Path, step: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        path = _mkdir(output_dir) / METRICS_NAME
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines() if step and _row_step(line) <= step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self.file = open(path, "a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=step or None)
+        except ImportError:
+            logger.info("TensorBoard logging is off (pip install tensorboard to turn it on)")
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            for key, value in row.items():
+                if key not in ("kind", "step") and isinstance(value, int | float) and not isinstance(value, bool):
+                    self.writer.add_scalar(f"{row['kind']}/{key}", value, row["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            if self.writer is not None:
+                self.writer.close()
+
+
+def _row_step(line: str) -> float:
+    """A metrics row's step; infinity for a line a kill cut short (dropped on resume)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf

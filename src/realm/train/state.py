@@ -1,0 +1,194 @@
+"""Fine-tuning checkpoints, RNG states and the data order: what makes a killed run resume exactly.
+
+A checkpoint directory (`last/` for resuming, `best/` for the best dev EM) is a `RealmForOpenQA`
+checkpoint: `config.json` (with `num_block_records=0`: the block embeddings are the index's, not the
+checkpoint's) and `model.safetensors` holding the `embedder.` and `reader.` weights. It loads with
+`RealmForOpenQA.from_pretrained(dir, retriever=..., index=...)` and `Pipeline.from_pretrained(dir, store,
+index)`. `finetune_config.json` records the run's settings. `last/` adds `optimizer.pt` and
+`trainer_state.pt` (step, scheduler, every process's torch / numpy / python RNG states, the best score,
+the data position), both read back with `torch.load(weights_only=True)`, and `trainer_state.json`.
+
+Directories are written whole under a temporary name and renamed into place; the previous one is moved
+aside first and deleted after, so a kill at any moment leaves a complete checkpoint under `last/` or,
+between the two renames, under `.last.old/` (which `find_checkpoint` falls back to).
+
+The data order is a pure function of (seed, step): the training set is shuffled once per epoch with a
+generator seeded by (seed, epoch), the epochs are laid end to end, and step s takes global positions
+[s G, (s + 1) G) for a global batch G. Micro-batch m of process p takes its `batch_size` slice of that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from realm.config import RealmConfig
+from realm.modeling.checkpoint import resolve_weights
+from realm.modeling.embedder import RealmEmbedder
+from realm.modeling.openqa import RealmForOpenQA
+from realm.modeling.reader import RealmReader
+
+LAST_DIR = "last"
+BEST_DIR = "best"
+OPTIMIZER_NAME = "optimizer.pt"
+TRAINER_STATE_NAME = "trainer_state.pt"
+TRAINER_JSON_NAME = "trainer_state.json"
+
+
+# -- data order -----------------------------------------------------------------------------------
+
+
+def global_batch_indices(seed: int, step: int, global_batch_size: int, num_examples: int) -> np.ndarray:
+    """Example indices of optimizer step `step` ([G] int64), epochs of per-epoch shuffles laid end to end."""
+    positions = np.arange(step * global_batch_size, (step + 1) * global_batch_size, dtype=np.int64)
+    epochs = positions // num_examples
+    out = np.empty_like(positions)
+    for epoch in np.unique(epochs).tolist():
+        order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+        chosen = epochs == epoch
+        out[chosen] = order[positions[chosen] % num_examples]
+    return out
+
+
+def process_slice(
+    indices: np.ndarray, micro_step: int, rank: int, batch_size: int, world_size: int
+) -> np.ndarray:
+    """The `batch_size` examples process `rank` reads in micro-batch `micro_step` of a global batch.
+
+    Micro-batch m covers global positions [m B W, (m + 1) B W); process p takes [p B, (p + 1) B) of it, so
+    the processes' slices are disjoint and together the whole global batch.
+    """
+    start = micro_step * batch_size * world_size + rank * batch_size
+    return indices[start : start + batch_size]
+
+
+# -- RNG states -----------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's torch, CUDA, numpy and python RNG states, as tensors and plain values only."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, python_state, python_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},  # fmt: skip
+        "python": {"version": version, "state": list(python_state), "gauss": python_gauss},
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+# -- model directories ----------------------------------------------------------------------------
+
+
+def save_openqa(directory: Path, embedder: RealmEmbedder, reader: RealmReader, config: RealmConfig) -> None:
+    """Write a `RealmForOpenQA` checkpoint of the two towers, without block embeddings."""
+    with torch.device("meta"):  # a shell: no memory, no initialisation, no RNG draws
+        shell = RealmForOpenQA(config.copy(num_block_records=0))
+    shell.embedder, shell.reader = embedder, reader
+    shell.block_emb = torch.zeros(0, config.retriever_proj_size)
+    shell.save_pretrained(directory)
+
+
+def load_towers(
+    checkpoint: str | os.PathLike[str], config: RealmConfig, device: torch.device
+) -> tuple[RealmEmbedder, RealmReader]:
+    """The embedder and reader of a `RealmForOpenQA` checkpoint (a `block_emb` in it is not read)."""
+    weights = resolve_weights(checkpoint)
+    embedder, reader = RealmEmbedder(config), RealmReader(config)
+    embedder.load_checkpoint(weights, prefix="embedder.")
+    reader.load_checkpoint(weights, prefix="reader.")
+    return embedder.to(device), reader.to(device)
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a temporary directory beside `final`; on success it replaces `final` (see module doc)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+        old = final.with_name(f".{final.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def find_checkpoint(output_dir: Path, name: str = LAST_DIR) -> Path | None:
+    """`output_dir/last` if complete, else the `.last.old` a kill between two renames left, else None."""
+    for candidate in (output_dir / name, output_dir / f".{name}.old"):
+        if (candidate / TRAINER_STATE_NAME).is_file():
+            return candidate
+    return None
+
+
+def save_training_checkpoint(
+    directory: Path,
+    embedder: RealmEmbedder,
+    reader: RealmReader,
+    model_config: RealmConfig,
+    finetune_config: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    trainer_state: dict[str, Any],
+) -> None:
+    """Write `last/` atomically: model, optimizer, scheduler, trainer state (step, RNGs of every process,
+    best score, data position)."""
+    with atomic_directory(directory) as tmp:
+        save_openqa(tmp, embedder, reader, model_config)
+        finetune_config.save(tmp)
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_NAME)
+        torch.save({**trainer_state, "scheduler": scheduler.state_dict()}, tmp / TRAINER_STATE_NAME)
+        summary = {k: v for k, v in trainer_state.items() if k != "rng"}
+        (tmp / TRAINER_JSON_NAME).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+def save_model_checkpoint(
+    directory: Path, embedder: RealmEmbedder, reader: RealmReader, model_config: RealmConfig, finetune_config: Any,
+    info: dict[str, Any],
+) -> None:  # fmt: skip
+    """Write `best/` atomically: the model, the run's config, and `info` (step and scores) as JSON."""
+    with atomic_directory(directory) as tmp:
+        save_openqa(tmp, embedder, reader, model_config)
+        finetune_config.save(tmp)
+        (tmp / TRAINER_JSON_NAME).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def load_training_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(optimizer state dict, trainer state) of a `last/` directory, read with `weights_only=True`."""
+    optimizer = torch.load(directory / OPTIMIZER_NAME, map_location="cpu", weights_only=True)
+    state = torch.load(directory / TRAINER_STATE_NAME, map_location="cpu", weights_only=True)
+    return optimizer, state
