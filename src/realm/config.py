@@ -145,7 +145,7 @@ class RealmConfig:
 
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> Path:
         """Write `config.json` into `save_directory` (atomically) and return its path."""
-        from realm.modeling.checkpoint import atomic_write_text
+        from realm.atomic import atomic_write_text
 
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from realm.atomic import atomic_save_npy
 from realm.corpus.store import BlockStore
-from realm.modeling.checkpoint import atomic_write, resolve_file
+from realm.modeling.checkpoint import resolve_file
 from realm.tokenization import BatchEncoding, RealmTokenizer, RealmTokenizerFast
 
 BLOCK_RECORDS_NAME = "block_records.npy"
@@ -213,7 +214,7 @@ class RealmRetriever:
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         records = np.array([bytes(r) for r in self.block_records], dtype=np.bytes_)
-        atomic_write(directory / BLOCK_RECORDS_NAME, lambda tmp: _save_npy(tmp, records))
+        atomic_save_npy(directory / BLOCK_RECORDS_NAME, records)
         self.tokenizer.save_pretrained(directory)
         return directory
 
@@ -222,9 +223,3 @@ def _added_special_positions(types: list[int]) -> list[int]:
     """1 at the [CLS] and [SEP]s the encoding added (by position: a [SEP] written inside a text is not one)."""
     n = len(types)
     return [int(i == 0 or i == n - 1 or (types[i] == 0 and types[i + 1] == 1)) for i in range(n)]
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    # Through a file object: np.save given a name without ".npy" would append it.
-    with open(path, "wb") as f:
-        np.save(f, array, allow_pickle=False)

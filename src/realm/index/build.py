@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from realm.atomic import atomic_save_npy, atomic_write_text
 from realm.distributed import DistributedContext, rank_device
 from realm.index.embeddings import (
     EMBEDDINGS_NAME,
@@ -35,7 +36,7 @@ from realm.index.embeddings import (
     finish_embeddings,
     read_manifest,
 )
-from realm.modeling.checkpoint import atomic_write, atomic_write_text, resolve_weights
+from realm.modeling.checkpoint import resolve_weights
 from realm.modeling.embedder import RealmEmbedder
 
 logger = logging.getLogger(__name__)
@@ -250,7 +251,7 @@ def build_index(
         ]
         emb = embed_blocks(embedder, sequences, config.batch_size, pad_id, config.compute_dtype)
         emb = emb.astype(config.storage_dtype)
-        atomic_write(_chunk_path(work, i), lambda tmp, a=emb: _save_npy(tmp, a))
+        atomic_save_npy(_chunk_path(work, i), emb)
         bar.update(len(ids))
     bar.close()
 
@@ -273,11 +274,6 @@ def _chunk_path(work: Path, i: int) -> Path:
 
 def _chunk_len(i: int, n: int, config: IndexBuildConfig) -> int:
     return min(config.chunk_size, n - i * config.chunk_size)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, array, allow_pickle=False)
 
 
 def _finished(out_dir: Path, plan: dict[str, Any]) -> bool:

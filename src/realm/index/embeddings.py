@@ -24,13 +24,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from realm.atomic import atomic_write_bytes
 
 EMBEDDINGS_NAME = "embeddings.npy"
 PARTIAL_NAME = "embeddings.npy.partial"
@@ -100,23 +101,6 @@ class IndexManifest:
 
 # ---------------------------------------------------------------------------------------------------------
 # Manifest I/O.
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write `data` to a temporary file beside `path`, fsync it, and rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def write_manifest(directory: PathLike, manifest: IndexManifest) -> Path:

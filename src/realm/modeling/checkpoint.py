@@ -1,20 +1,18 @@
 """Checkpoint files: finding them (local directory or hub id), reading them safely, writing them atomically.
 
 Reading never unpickles arbitrary objects: `pytorch_model.bin` goes through `torch.load(weights_only=True)`.
-Writing goes to a temporary file in the same directory and is renamed into place, so a crash never
-leaves a half-written checkpoint under the final name.
+Writing is atomic (`realm.atomic`): a crash never leaves a half-written checkpoint under the final name.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from realm.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -94,35 +92,6 @@ def read_state_dict(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it to `path` only if the block finishes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)` and rename the result to `path`."""
-    with atomic_path(path) as tmp:
-        write(tmp)
-    return Path(path)
 
 
 def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> Path:

@@ -17,12 +17,12 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from realm.atomic import atomic_write
 from realm.config import RealmConfig
 from realm.modeling.checkpoint import (
     SAFE_WEIGHTS_NAME,
     WEIGHTS_NAME,
     CheckpointError,
-    atomic_write,
     read_state_dict,
     resolve_weights,
     save_state_dict,
