@@ -374,14 +374,14 @@ def own_cpu_seconds() -> float:
 
 @dataclass
 class Timer:
-    """Wall time of one call, retaken (up to `max_retakes` times) if other processes used the CPU meanwhile.
+    """Wall time of one call, retaken (at most `max_retakes` times) if other processes used the CPU meanwhile.
 
     On a shared machine another process taking a core mid-call would slow whichever model happens to run;
     a call counts as disturbed when the CPU time used by other processes exceeds `FOREIGN_CPU_LIMIT` of the
     machine's capacity over the call (0.05 s at least, the resolution of /proc/stat).
     """
 
-    max_retakes: int = 2
+    max_retakes: int = 1
     retaken: int = 0
     disturbed: int = 0
 
