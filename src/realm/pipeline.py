@@ -22,7 +22,7 @@ from realm.index import Index, open_index
 from realm.modeling.checkpoint import resolve_weights
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.reader import RealmReader
-from realm.retrieval import RealmRetriever
+from realm.retrieval import RealmRetriever, stack_reader_inputs
 from realm.tokenization import RealmTokenizerFast
 
 
@@ -162,21 +162,11 @@ class Pipeline:
             self.retriever(block_ids[b].cpu(), retrieved.question_ids[b : b + 1], max_length=self.reader.config.reader_seq_len)[3]
             for b in range(batch)
         ]
-        width = max(e["input_ids"].shape[1] for e in inputs)
-
-        def stacked(key: str, fill: int) -> torch.Tensor:
-            rows = [torch.nn.functional.pad(e[key], (0, width - e[key].shape[1]), value=fill) for e in inputs]
-            return torch.stack(rows).to(self.device)  # [B, K, T]
-
-        input_ids = stacked("input_ids", self.tokenizer.pad_token_id)
-        token_type_ids = stacked("token_type_ids", 0)
-        attention_mask = stacked("attention_mask", 0)
-        block_mask = ~stacked("special_tokens_mask", 1).bool() & token_type_ids.bool()  # [B, K, T]
-        hidden = self.reader.realm(
-            input_ids.view(batch * k, width),
-            attention_mask=attention_mask.view(batch * k, width),
-            token_type_ids=token_type_ids.view(batch * k, width),
-        ).last_hidden_state.view(batch, k, width, -1)  # [B, K, T, H]
+        stacked = stack_reader_inputs(inputs, self.tokenizer.pad_token_id, self.device)  # each [B, K, T]
+        token_type_ids, attention_mask, block_mask = (
+            stacked["token_type_ids"], stacked["attention_mask"], stacked["block_mask"]
+        )
+        hidden = self.reader.encode_blocks(stacked["input_ids"], attention_mask, token_type_ids)  # [B, K, T, H]
 
         answers = []
         for b, question in enumerate(questions):

@@ -223,3 +223,16 @@ def _added_special_positions(types: list[int]) -> list[int]:
     """1 at the [CLS] and [SEP]s the encoding added (by position: a [SEP] written inside a text is not one)."""
     n = len(types)
     return [int(i == 0 or i == n - 1 or (types[i] == 0 and types[i + 1] == 1)) for i in range(n)]
+
+
+def stack_reader_inputs(encodings: list[BatchEncoding], pad_id: int, device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Per-question reader inputs [R, T_b] (from `RealmRetriever.__call__`) -> [B, R, T] tensors, right-padded
+    to the longest T_b, plus `block_mask` [B, R, T]: true on evidence-block tokens (type 1, not special)."""
+    t = max(e["input_ids"].shape[1] for e in encodings)
+    fill = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0, "special_tokens_mask": 1}
+    out = {}
+    for key, value in fill.items():
+        rows = [torch.nn.functional.pad(e[key], (0, t - e[key].shape[1]), value=value) for e in encodings]
+        out[key] = torch.stack(rows).to(device)
+    out["block_mask"] = ~out["special_tokens_mask"].bool() & out["token_type_ids"].bool()
+    return out

@@ -17,7 +17,7 @@ from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.outputs import RealmForOpenQAOutput, RealmReaderOutput
 from realm.modeling.pretrained import RealmPreTrainedModel
 from realm.modeling.reader import RealmReader
-from realm.retrieval import RealmRetriever
+from realm.retrieval import RealmRetriever, stack_reader_inputs
 
 
 class RealmForOpenQA(RealmPreTrainedModel):
@@ -109,17 +109,14 @@ class RealmForOpenQA(RealmPreTrainedModel):
             )
             for b in range(batch)
         ]
-        concat = _pad_and_stack([e[3] for e in encoded], self.retriever.tokenizer.pad_token_id, self.reader.device)
-        block_mask = ~concat["special_tokens_mask"].bool() & concat["token_type_ids"].bool()  # [B, K, T]
+        concat = stack_reader_inputs([e[3] for e in encoded], self.retriever.tokenizer.pad_token_id, self.reader.device)
+        block_mask = concat["block_mask"]  # [B, K, T]
 
         # Read the top R blocks of every question in one trunk call.
         r = min(self.config.reader_beam_size, block_ids.shape[1])
-        t = concat["input_ids"].shape[-1]
-        hidden = self.reader.realm(
-            concat["input_ids"][:, :r].reshape(batch * r, t),
-            attention_mask=concat["attention_mask"][:, :r].reshape(batch * r, t),
-            token_type_ids=concat["token_type_ids"][:, :r].reshape(batch * r, t),
-        ).last_hidden_state.view(batch, r, t, -1)  # [B, R, T, H]
+        hidden = self.reader.encode_blocks(
+            concat["input_ids"][:, :r], concat["attention_mask"][:, :r], concat["token_type_ids"][:, :r]
+        )  # [B, R, T, H]
         outputs = []
         for b, (has_answers, starts, ends, _) in enumerate(encoded):
             labels = {}
@@ -159,17 +156,6 @@ def _answers_per_question(answer_ids: Any, batch: int) -> list[Any] | None:
     if len(answer_ids) != batch:
         raise ValueError(f"answer_ids has answers for {len(answer_ids)} questions but the batch has {batch}")
     return list(answer_ids)
-
-
-def _pad_and_stack(encodings: list[Any], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Per-question [K, T_b] encodings -> [B, K, T] tensors padded on the right to the longest T_b."""
-    t = max(e["input_ids"].shape[1] for e in encodings)
-    fill = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0, "special_tokens_mask": 1}
-    out = {}
-    for key, value in fill.items():
-        rows = [torch.nn.functional.pad(e[key], (0, t - e[key].shape[1]), value=value) for e in encodings]
-        out[key] = torch.stack(rows).to(device)
-    return out
 
 
 def _stack_reader_outputs(outputs: list[RealmReaderOutput]) -> RealmReaderOutput:

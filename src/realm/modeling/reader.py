@@ -85,6 +85,17 @@ class RealmReader(RealmPreTrainedModel):
         out.hidden_states, out.attentions = trunk.hidden_states, trunk.attentions
         return out.to_tuple() if return_dict is False else out
 
+    def encode_blocks(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """The trunk over every question's blocks in one call: [B, R, T] inputs -> hidden [B, R, T, H]."""
+        b, r, t = input_ids.shape
+        return self.realm(
+            input_ids.reshape(b * r, t),
+            attention_mask=attention_mask.reshape(b * r, t),
+            token_type_ids=token_type_ids.reshape(b * r, t),
+        ).last_hidden_state.view(b, r, t, -1)
+
     def span_scores(
         self, hidden: torch.Tensor, relevance_score: torch.Tensor, block_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -33,7 +33,7 @@ from realm.corpus import BlockStore
 from realm.index import Index
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.reader import RealmReader
-from realm.retrieval import RealmRetriever
+from realm.retrieval import RealmRetriever, stack_reader_inputs
 from realm.train.answers import NO_TOKEN, answers_in_blocks
 
 # Parameters no fine-tuning forward uses: the MLM heads the released checkpoints carry, and the reader's
@@ -186,16 +186,13 @@ class OpenQAFinetuner(nn.Module):
             starts.append(gold_starts)
             ends.append(gold_ends)
             encoded.append(concat)
-        inputs = _stack_encodings(encoded, self.tokenizer.pad_token_id, device)  # each [B, R, T]
-        block_mask = ~inputs["special_tokens_mask"].bool() & inputs["token_type_ids"].bool()  # [B, R, T]
+        inputs = stack_reader_inputs(encoded, self.tokenizer.pad_token_id, device)  # each [B, R, T]
+        block_mask = inputs["block_mask"]  # [B, R, T]
 
         # Read.
-        t = inputs["input_ids"].shape[-1]
-        hidden = self.reader.realm(
-            inputs["input_ids"].view(batch * r, t),
-            attention_mask=inputs["attention_mask"].view(batch * r, t),
-            token_type_ids=inputs["token_type_ids"].view(batch * r, t),
-        ).last_hidden_state.view(batch, r, t, -1)  # [B, R, T, H]
+        hidden = self.reader.encode_blocks(
+            inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]
+        )  # [B, R, T, H]
 
         # Marginalise.
         outputs = [
@@ -218,15 +215,3 @@ class OpenQAFinetuner(nn.Module):
             answer_retrieved=torch.tensor([bool(h.any()) for h in has_answers], device=device),
             answer_read=torch.stack([o.reader_correct.any() for o in outputs]),
         )
-
-
-def _stack_encodings(encodings: list[Any], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Per-question [R, T_b] reader inputs -> [B, R, T] tensors, right-padded to the longest T_b."""
-    t = max(e["input_ids"].shape[1] for e in encodings)
-    fill = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0, "special_tokens_mask": 1}
-    out = {}
-    for key, value in fill.items():
-        rows = [torch.nn.functional.pad(e[key], (0, t - e[key].shape[1]), value=value) for e in encodings]
-        out[key] = torch.stack(rows).to(device)
-    return out
-
