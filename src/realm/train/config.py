@@ -26,7 +26,10 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,8 +39,57 @@ else:  # pragma: no cover - Python 3.10
 CONFIG_FILE_NAME = "finetune_config.json"
 
 
+class FlatTomlConfig:
+    """Reading and writing of a frozen dataclass of settings: a flat TOML file plus `key=value` overrides.
+
+    Subclasses set `KIND` (named in error messages) and `FILE_NAME` (the JSON copy saved with checkpoints).
+    """
+
+    KIND: ClassVar[str] = "config"
+    FILE_NAME: ClassVar[str] = "config.json"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> Self:
+        """Build from a dict, checking that every key is known and every value has the field's type."""
+        return cls(**_checked(cls, values, source))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> Self:
+        """Read a flat TOML file (optional) and apply `key=value` overrides, in order.
+
+        Raises:
+            ValueError: an unknown key or a value of the wrong type (naming the key and where it came
+                from), a malformed override or TOML file, a missing required setting.
+        """
+        values: dict[str, Any] = {}
+        if path is not None:
+            try:
+                with open(path, "rb") as f:
+                    values = tomllib.load(f)
+            except tomllib.TOMLDecodeError as err:
+                raise ValueError(f"{path}: invalid TOML: {err}") from None
+            tables = [k for k, v in values.items() if isinstance(v, dict)]
+            if tables:
+                raise ValueError(f"{path}: the {cls.KIND} config is flat; move the keys of [{tables[0]}] to the top")
+            values = _checked(cls, values, str(path))
+        values.update(_checked(cls, parse_overrides(overrides), "command line"))
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write `FILE_NAME` into `directory` (it travels with every checkpoint)."""
+        path = Path(directory) / self.FILE_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return path
+
+
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(FlatTomlConfig):
     """How to fine-tune a `RealmForOpenQA` checkpoint on an Open-QA training set.
 
     Attributes:
@@ -71,6 +123,9 @@ class FinetuneConfig:
         device: "cpu", "cuda" (each torchrun process takes its local GPU), ...
         progress: show a progress bar (main process only).
     """
+
+    KIND: ClassVar[str] = "finetune"
+    FILE_NAME: ClassVar[str] = CONFIG_FILE_NAME
 
     model: str = ""
     store: str = ""
@@ -141,48 +196,6 @@ class FinetuneConfig:
         """Questions per optimizer step over all processes."""
         return self.batch_size * world_size * self.grad_accumulation
 
-    # -- reading and writing ----------------------------------------------------------------------
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> FinetuneConfig:
-        """Build from a dict, checking that every key is known and every value has the field's type."""
-        return cls(**_checked(cls, values, source))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> FinetuneConfig:
-        """Read a flat TOML file (optional) and apply `key=value` overrides, in order.
-
-        Raises:
-            ValueError: an unknown key or a value of the wrong type (naming the key and where it came
-                from), a malformed override or TOML file, a missing required setting.
-        """
-        values: dict[str, Any] = {}
-        if path is not None:
-            try:
-                with open(path, "rb") as f:
-                    values = tomllib.load(f)
-            except tomllib.TOMLDecodeError as err:
-                raise ValueError(f"{path}: invalid TOML: {err}") from None
-            tables = [k for k, v in values.items() if isinstance(v, dict)]
-            if tables:
-                raise ValueError(f"{path}: the finetune config is flat; move the keys of [{tables[0]}] to the top")
-            values = _checked(cls, values, str(path))
-        values.update(_checked(cls, parse_overrides(overrides), "command line"))
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> FinetuneConfig:
-        return dataclasses.replace(self, **changes)
-
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write `finetune_config.json` into `directory` (it travels with every checkpoint)."""
-        path = Path(directory) / CONFIG_FILE_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        return path
-
-
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     """`["lr=3e-5", "device=cuda"]` -> `{"lr": 3e-05, "device": "cuda"}` (values parsed as TOML if they are)."""
     values: dict[str, Any] = {}
@@ -198,7 +211,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return values
 
 
-def _checked(cls: type, values: dict[str, Any], source: str) -> dict[str, Any]:
+def _checked(cls: Any, values: dict[str, Any], source: str) -> dict[str, Any]:
     fields = {f.name for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     checked = {}
@@ -206,8 +219,8 @@ def _checked(cls: type, values: dict[str, Any], source: str) -> dict[str, Any]:
         if key not in fields:
             close = difflib.get_close_matches(key, sorted(fields), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(fields))}"
-            raise ValueError(f"{source}: unknown finetune config key {key!r}{hint}")
-        checked[key] = _check_type(key, value, hints[key], source)
+            raise ValueError(f"{source}: unknown {cls.KIND} config key {key!r}{hint}")
+        checked[key] = _check_type(key, value, hints[key], f"{source}: {cls.KIND}")
     return checked
 
 
@@ -225,4 +238,4 @@ def _check_type(key: str, value: Any, hint: Any, source: str) -> Any:
         if kind in (str, bool) and isinstance(value, kind):
             return value
     names = " or ".join("none" if k is type(None) else k.__name__ for k in allowed)
-    raise ValueError(f"{source}: finetune config key {key!r} must be {names}, got {value!r}")
+    raise ValueError(f"{source} config key {key!r} must be {names}, got {value!r}")

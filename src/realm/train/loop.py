@@ -128,8 +128,8 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, stop_after: int | 
                        unanswerable, len(train))  # fmt: skip
 
     trainable = [p for p in finetuner.parameters() if p.requires_grad]
-    optimizer = _optimizer(finetuner, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config.num_warmup_steps, config.num_steps))
+    optimizer = build_optimizer(finetuner, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(config.num_warmup_steps, config.num_steps))
     step, best = 0, None
     if checkpoint is not None:
         step, best = _resume(checkpoint, config, context, optimizer, scheduler)
@@ -140,7 +140,7 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, stop_after: int | 
             finetuner, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
         )
 
-    metrics = _MetricsLog(output_dir, step, enabled=context.is_main)
+    metrics = MetricsLog(output_dir, step, enabled=context.is_main)
     if context.is_main:
         config.save(_mkdir(output_dir))
     global_batch = config.global_batch_size(context.world_size)
@@ -253,10 +253,11 @@ def _read_train(path: str) -> list[QAExample]:
     return examples
 
 
-def _optimizer(finetuner: torch.nn.Module, config: FinetuneConfig) -> torch.optim.AdamW:
-    """AdamW; as BERT's optimizer, no weight decay on biases and LayerNorm weights."""
+def build_optimizer(model: torch.nn.Module, config: Any) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters (config: lr, weight_decay, adam_eps); as BERT's optimizer, no
+    weight decay on biases and LayerNorm weights."""
     decay, no_decay = [], []
-    for name, parameter in finetuner.named_parameters():
+    for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             skip = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
             (no_decay if skip else decay).append(parameter)
@@ -264,7 +265,7 @@ def _optimizer(finetuner: torch.nn.Module, config: FinetuneConfig) -> torch.opti
     return torch.optim.AdamW(groups, lr=config.lr, eps=config.adam_eps)
 
 
-def _schedule(warmup: int, total: int) -> Any:
+def linear_schedule(warmup: int, total: int) -> Any:
     """Learning-rate factor at a step: linear warm-up to 1, then linear decay to 0 at `total`."""
 
     def factor(step: int) -> float:
@@ -340,7 +341,7 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-class _MetricsLog:
+class MetricsLog:
     """`metrics.jsonl` rows (and TensorBoard scalars when `tensorboard` is installed), main process only.
 
     On resume, rows after the checkpoint's step (written before the kill, the last one perhaps cut short)
