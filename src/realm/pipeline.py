@@ -138,7 +138,7 @@ class Pipeline:
         if not questions:
             return []
         retrieved = self.retrieve(questions, k or self.k)
-        return self.read(questions, retrieved)
+        return self.read(questions, retrieved, k)
 
     @torch.inference_mode()
     def retrieve(self, questions: list[str], k: int) -> Retrieved:

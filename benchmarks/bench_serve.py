@@ -1,0 +1,206 @@
+"""Benchmark `realm serve`: throughput and latency under concurrent clients, with and without micro-batching.
+
+Starts `realm serve` in a subprocess on a loopback port (by default over the test fixture's tiny
+RealmForOpenQA and its 8 blocks; `--model/--store/--index` for a real one), warms it up, then sends
+`--requests` POST /ask requests (one question each, from a pool of distinct questions) from `--clients`
+concurrent keep-alive clients (asyncio + httpx). Each mode gets its own fresh server:
+"batched" (max_batch_size = --max-batch-size) and "unbatched" (max_batch_size = 1). Reports the number of
+5xx answers (must be 0: the script exits 1 otherwise), throughput, p50/p99 latency, the mean questions
+per model call (from /health), and the batched / unbatched ratios.
+
+    python benchmarks/bench_serve.py                                   # 1000 requests per mode, 16 clients
+    python benchmarks/bench_serve.py --requests 100 --clients 4        # quick
+    python benchmarks/bench_serve.py --model M --store S --index I     # any checkpoint and corpus
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests" / "fixtures" / "reference" / "openqa_eval"
+QUESTIONS = [
+    "the capital of france?", "which city has the eiffel tower?", "the capital of italy", "old church",
+    "where is the colosseum?", "a famous tower", "what is paris?", "which river runs through rome?",
+]  # fmt: skip
+
+
+def tiny_corpus(root: Path) -> tuple[Path, Path, Path]:
+    """The fixture's store and index (as tests/test_serve.py builds them)."""
+    from realm import RealmForOpenQA, RealmRetriever, RealmTokenizerFast
+    from realm.corpus import Block, BlockStore
+    from realm.index import write_embeddings
+
+    tokenizer = RealmTokenizerFast.from_pretrained(FIXTURE)
+    texts = json.loads((FIXTURE / "block_records.json").read_text())
+    blocks = [Block("", t, [], tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
+    store = BlockStore.create(root / "store", blocks, tokenizer)
+    model = RealmForOpenQA.from_pretrained(FIXTURE, retriever=RealmRetriever(store, tokenizer))
+    write_embeddings(root / "index", model.block_emb)
+    return FIXTURE, root / "store", root / "index"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(
+    args: argparse.Namespace, paths: tuple[Path, Path, Path], batch_size: int
+) -> tuple[subprocess.Popen, str]:
+    model, store, index = paths
+    port = free_port()
+    command = [
+        sys.executable, "-m", "realm.cli", "serve", "--model", str(model), "--store", str(store),
+        "--index", str(index), "--k", str(args.k), "--port", str(port), "--max-batch-size", str(batch_size),
+        "--max-wait-ms", str(args.max_wait_ms),
+    ]  # fmt: skip
+    threads = str(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"realm serve exited with {process.returncode}:\n{process.stderr.read()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("realm serve did not answer /health within 120 s")
+
+
+async def load(url: str, requests: int, clients: int) -> tuple[list[float], dict[int, int], float]:
+    """Latencies (s) of successful requests, counts by status (0: transport error), wall time."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    counter = iter(range(requests))
+
+    async def client() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            for i in counter:  # the shared iterator hands each request to one client
+                body = {"question": f"{QUESTIONS[i % len(QUESTIONS)]} {i}"}
+                started = time.perf_counter()
+                try:
+                    status = (await http.post("/ask", json=body)).status_code
+                except httpx.TransportError:
+                    status = 0
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 200:
+                    latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return latencies, statuses, time.perf_counter() - started
+
+
+def run_mode(args: argparse.Namespace, paths: tuple[Path, Path, Path], name: str, batch_size: int) -> dict:
+    process, url = start_server(args, paths, batch_size)
+    try:
+        asyncio.run(load(url, args.clients * 2, args.clients))  # warm-up (not counted)
+        before = httpx.get(f"{url}/health").json()["batching"]
+        latencies, statuses, seconds = asyncio.run(load(url, args.requests, args.clients))
+        after = httpx.get(f"{url}/health").json()["batching"]
+    finally:
+        process.terminate()
+        process.wait(30)
+    latencies.sort()
+    calls = after["model_calls"] - before["model_calls"]
+    return {
+        "mode": name,
+        "max_batch": batch_size,
+        "requests": args.requests,
+        "ok": statuses.get(200, 0),
+        "5xx": sum(n for s, n in statuses.items() if s >= 500),
+        "other": sum(n for s, n in statuses.items() if s != 200 and s < 500),
+        "req/s": args.requests / seconds,
+        "p50 ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
+        "p99 ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        if latencies
+        else float("nan"),
+        "q/call": (after["questions"] - before["questions"]) / calls if calls else float("nan"),
+    }
+
+
+def table(rows: list[dict]) -> str:
+    columns = list(rows[0])
+    cells = [[f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=1000, help="requests per mode")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
+    parser.add_argument("--max-batch-size", type=int, default=16, help="of the batched mode")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--k", type=int, default=3, help="blocks read per question")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    parser.add_argument("--model", help="RealmForOpenQA checkpoint (default: the tiny test fixture)")
+    parser.add_argument("--store", help="block store (with --model)")
+    parser.add_argument("--index", help="index (with --model)")
+    parser.add_argument("--output", help="also write the report to this file")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model:
+            paths = (Path(args.model), Path(args.store), Path(args.index))
+        else:
+            paths = tiny_corpus(Path(tmp))
+        rows = [
+            run_mode(args, paths, "batched", args.max_batch_size),
+            run_mode(args, paths, "unbatched", 1),
+        ]
+    batched, unbatched = rows
+    import torch
+
+    report = "\n".join(
+        [
+            "# realm serve benchmark",
+            "",
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}, "
+            f"torch {torch.__version__}; load average {os.getloadavg()[0]:.2f} at the end",
+            f"model {paths[0].name if args.model else 'tiny test fixture (2 layers, hidden 32, 8 blocks)'}; "
+            f"k={args.k}; {args.clients} clients x {args.requests} requests per mode (1 question each); "
+            f"max_wait_ms={args.max_wait_ms}; server torch threads={args.threads}",
+            f"command: python benchmarks/bench_serve.py {' '.join(sys.argv[1:])}".rstrip(),
+            "",
+            table(rows),
+            "",
+            f"batched / unbatched: throughput x{batched['req/s'] / unbatched['req/s']:.2f}, "
+            f"p50 latency x{batched['p50 ms'] / unbatched['p50 ms']:.2f}, "
+            f"p99 latency x{batched['p99 ms'] / unbatched['p99 ms']:.2f}",
+        ]
+    )
+    print(report)
+    if args.output:
+        Path(args.output).write_text(report + "\n")
+    failed = sum(r["5xx"] + r["other"] for r in rows)
+    if failed:
+        print(f"FAIL: {failed} requests did not get a 200", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

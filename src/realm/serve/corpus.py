@@ -1,0 +1,94 @@
+"""The knowledge corpus a server answers from, and opening a new one for a swap without restart."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from realm.corpus import BlockStore
+from realm.index import open_index, read_manifest
+from realm.index.build import check_index
+from realm.pipeline import Pipeline
+
+
+class CorpusError(Exception):
+    """A store/index pair that cannot be served; `status` is the HTTP code, `field` the request field."""
+
+    def __init__(self, status: int, field: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.field, self.message = status, field, message
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A pipeline and where its store and index came from (None when built in memory)."""
+
+    pipeline: Pipeline
+    store_dir: Path | None
+    index_dir: Path | None
+    loaded_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def of(cls, pipeline: Pipeline, store_dir: str | None = None, index_dir: str | None = None) -> Corpus:
+        store_dir = store_dir or getattr(pipeline.store, "path", None)
+        return cls(pipeline, Path(store_dir) if store_dir else None, Path(index_dir) if index_dir else None)
+
+    def describe(self) -> dict[str, object]:
+        index = self.pipeline.index
+        return {
+            "corpus": {
+                "name": self.store_dir.name if self.store_dir else "in-memory",
+                "blocks": len(self.pipeline.store),
+            },
+            "index": {
+                "type": type(index).__name__,
+                "name": self.index_dir.name if self.index_dir else "in-memory",
+                "blocks": len(index),
+                "dim": index.dim,
+            },
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
+        }
+
+
+def open_corpus(
+    base: Pipeline, store_dir: str | os.PathLike[str], index_dir: str | os.PathLike[str]
+) -> Corpus:
+    """A pipeline with `base`'s models over another store and index, checked before anything is swapped.
+
+    Raises:
+        CorpusError: 422 for a directory that is not a store / an index, 409 for a pair that does not
+            match (index not built from this store, other embedding size, other tokenizer).
+    """
+    store_dir, index_dir = Path(store_dir), Path(index_dir)
+    try:
+        store = BlockStore.open(store_dir)
+    except (OSError, ValueError, KeyError) as err:
+        raise CorpusError(422, "store", f"cannot open the block store {store_dir}: {err}") from err
+    try:
+        read_manifest(index_dir)
+    except (OSError, ValueError, KeyError) as err:
+        raise CorpusError(422, "index", f"cannot open the index {index_dir}: {err}") from err
+    try:
+        manifest = check_index(index_dir, store, store_dir=store_dir)
+    except ValueError as err:
+        raise CorpusError(409, "index", str(err)) from err
+    dim = base.embedder.config.retriever_proj_size
+    if manifest.dim != dim:
+        raise CorpusError(
+            409, "index", f"{index_dir} holds {manifest.dim}-d embeddings but the model's are {dim}-d"
+        )
+    ours = getattr(base.store, "tokenizer_fingerprint", None)
+    if ours is not None and store.tokenizer_fingerprint != ours:
+        # Block ids from another vocabulary would be read as nonsense by this reader.
+        raise CorpusError(409, "store", f"{store_dir} was tokenized with another tokenizer than the model's")
+    try:
+        index = open_index(index_dir)
+    except (OSError, ValueError, ImportError) as err:
+        raise CorpusError(422, "index", f"cannot open the index {index_dir}: {err}") from err
+    pipeline = Pipeline(
+        base.embedder, base.reader, store, index,
+        tokenizer=base.tokenizer, k=base.k, max_question_length=base.max_question_length,
+    )  # fmt: skip
+    return Corpus(pipeline, store_dir, index_dir)
