@@ -35,15 +35,46 @@ def marginal_mlm_loss(
         relevance_score: [B, C] retrieval logits; softmax over C gives p(z | x).
         mlm_mask: [B, T], 1 where a position counts; None for all ones.
     """
-    b, c, t, v = logits.shape
-    targets = labels[:, None, :].expand(b, c, t)  # [B, C, T]
-    token_logp = -F.cross_entropy(
-        logits.reshape(-1, v).float(), targets.reshape(-1), reduction="none", ignore_index=IGNORE_INDEX
-    ).view(b, c, t)  # [B, C, T]
+    token_logp = candidate_token_log_probs(logits, labels)  # [B, C, T]
     block_logp = relevance_score.float().log_softmax(dim=-1)[:, :, None]  # [B, C, 1]
     marginal = (block_logp + token_logp).logsumexp(dim=1)  # [B, T]
     mask = torch.ones_like(marginal) if mlm_mask is None else mlm_mask.to(marginal.dtype)
     return -torch.nansum((marginal * mask).sum() / mask.sum())
+
+
+def candidate_token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p(y_t | z_c, x) of each label under each candidate block: [B, C, T], 0 where labelled -100.
+
+    Args:
+        logits: [B, C, T, V] masked-LM logits of each (query, block) pair.
+        labels: [B, T] target ids, -100 where no prediction is asked for.
+    """
+    b, c, t, v = logits.shape
+    targets = labels[:, None, :].expand(b, c, t)  # [B, C, T]
+    return -F.cross_entropy(
+        logits.reshape(-1, v).float(), targets.reshape(-1), reduction="none", ignore_index=IGNORE_INDEX
+    ).view(b, c, t)
+
+
+def marginal_mlm_loss_per_sequence(
+    logits: torch.Tensor, labels: torch.Tensor, relevance_score: torch.Tensor, mlm_mask: torch.Tensor
+) -> torch.Tensor:
+    """The paper's Eq. 2: one marginal over the blocks for all masked tokens of a sequence together,
+
+        log p(y | x) = logsumexp_c [ log p(z_c | x) + sum_t m[t] log p(y_t | z_c, x) ]
+        loss = - sum_b log p(y_b | x_b) / sum_{b,t} m[b,t]
+
+    (normalised by the number of masked tokens, so it is on the per-token variant's scale). It asks one
+    block to explain every masked token of the sentence; the per-token variant lets each token pick its
+    own block.
+
+    Args: as `marginal_mlm_loss`, with `mlm_mask` [B, T] required.
+    """
+    mask = mlm_mask.float()
+    token_logp = candidate_token_log_probs(logits, labels) * mask[:, None, :]  # [B, C, T]
+    block_logp = relevance_score.float().log_softmax(dim=-1)  # [B, C]
+    sequence = (block_logp + token_logp.sum(dim=-1)).logsumexp(dim=-1)  # [B]
+    return -sequence.sum() / mask.sum()
 
 
 def marginal_log_likelihood_loss(logits: torch.Tensor, is_correct: torch.Tensor) -> torch.Tensor:
