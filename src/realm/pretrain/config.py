@@ -66,7 +66,9 @@ class PretrainConfig(FlatTomlConfig):
         refresh_threads: CPU threads of the async worker (0: torch's default).
         index_chunk_size, index_batch_size, index_dtype: how refreshes embed the corpus
             (`IndexBuildConfig`).
-        save_every, log_every, seed, device, progress: as in `FinetuneConfig`.
+        log_every: write a `metrics.jsonl` row every this many steps (1: every step;
+            each row sums the steps since the last).
+        save_every, seed, device, progress: as in `FinetuneConfig`.
     """
 
     KIND: ClassVar[str] = "pretrain"
@@ -107,7 +109,7 @@ class PretrainConfig(FlatTomlConfig):
     index_batch_size: int = 64
     index_dtype: str = "float32"
     save_every: int = 1000
-    log_every: int = 10
+    log_every: int = 1
     seed: int = 0
     device: str = "cpu"
     progress: bool = True

