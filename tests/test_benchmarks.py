@@ -30,3 +30,26 @@ def test_bench_models_quick() -> None:
     assert any("transformers is not importable" in line for line in lines), result.stdout
     for name in CLASSES:
         assert any(line.split()[:1] == [name] for line in lines), f"no table line for {name}:\n{result.stdout}"
+
+
+PRETRAIN_SCRIPT = REPO / "benchmarks" / "bench_pretrain.py"
+PRETRAIN_PARTS = ("data", "search", "re-embedding", "encoder forward", "rest of forward", "backward", "optimizer",
+                  "refresh")  # fmt: skip
+
+
+def test_bench_pretrain_quick() -> None:
+    result = subprocess.run(
+        [sys.executable, str(PRETRAIN_SCRIPT), "--quick", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("steps/s: ") for line in lines), result.stdout
+    for part in PRETRAIN_PARTS:
+        shares = [line for line in lines if line.startswith(part) and line.rstrip().endswith("%")]
+        assert shares, f"no share line for {part}:\n{result.stdout}"
+    assert any(line.startswith("ratio ours / port-style step time: ") for line in lines), result.stdout
+    assert any(line.startswith("agreement (eval mode)") for line in lines), result.stdout
