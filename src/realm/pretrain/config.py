@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from realm.train.config import FlatTomlConfig
+from realm.train.config import FlatTomlConfig, StepSchedule
 
 OBJECTIVES = ("realm", "ict")
 REFRESH_MODES = ("sync", "async", "external", "never")
@@ -25,7 +25,7 @@ MASKING = ("salient", "random_token", "random_span")
 
 
 @dataclass(frozen=True)
-class PretrainConfig(FlatTomlConfig):
+class PretrainConfig(FlatTomlConfig, StepSchedule):
     """How to pre-train.
 
     Attributes:
@@ -143,13 +143,3 @@ class PretrainConfig(FlatTomlConfig):
             fail("save_every and refresh_threads must be >= 0")
         if self.lr <= 0 or self.weight_decay < 0 or self.clip_norm < 0 or self.adam_eps <= 0:
             fail("lr and adam_eps must be > 0, weight_decay and clip_norm >= 0")
-
-    @property
-    def num_warmup_steps(self) -> int:
-        if self.warmup_steps is not None:
-            return min(self.warmup_steps, self.num_steps)
-        return round(self.warmup_fraction * self.num_steps)
-
-    def global_batch_size(self, world_size: int) -> int:
-        """Sentences per optimizer step over all processes."""
-        return self.batch_size * world_size * self.grad_accumulation

@@ -53,6 +53,7 @@ from realm.train.state import (
     load_training_checkpoint,
     process_slice,
     restore_rng,
+    resume_point,
     seed_everything,
 )
 
@@ -96,12 +97,7 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, stop_after: int | 
     context = init_distributed(config.device)
     device = rank_device(config.device, context)
     output_dir = Path(config.output_dir)
-    checkpoint = find_checkpoint(output_dir) if resume else None
-    if not resume and find_checkpoint(output_dir) is not None:
-        raise FileExistsError(
-            f"{output_dir} already holds a pre-training checkpoint; continue it with --resume or choose another "
-            "output_dir"
-        )
+    checkpoint = resume_point(output_dir, resume, "pre-training")
     seed_everything(config.seed + context.rank)
     store = BlockStore.open(config.store)
     tokenizer = store.load_tokenizer()
@@ -125,8 +121,7 @@ class _Trainer:
         self.files = RefreshFiles(self.output_dir)
         self.worker = None
         self._counted: Counter[str] = Counter()
-        source = checkpoint if checkpoint is not None else None
-        self.model, self.generator, self.collate = self._build(tokenizer, source)
+        self.model, self.generator, self.collate = self._build(tokenizer, checkpoint)
         self.model.to(device)
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

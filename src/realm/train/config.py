@@ -88,8 +88,29 @@ class FlatTomlConfig:
         return path
 
 
+class StepSchedule:
+    """What a training loop derives from `batch_size`, `grad_accumulation`, `num_steps`, `warmup_steps`
+    and `warmup_fraction`."""
+
+    batch_size: int
+    grad_accumulation: int
+    num_steps: int
+    warmup_steps: int | None
+    warmup_fraction: float
+
+    @property
+    def num_warmup_steps(self) -> int:
+        if self.warmup_steps is not None:
+            return min(self.warmup_steps, self.num_steps)
+        return round(self.warmup_fraction * self.num_steps)
+
+    def global_batch_size(self, world_size: int) -> int:
+        """Examples per optimizer step over all processes."""
+        return self.batch_size * world_size * self.grad_accumulation
+
+
 @dataclass(frozen=True)
-class FinetuneConfig(FlatTomlConfig):
+class FinetuneConfig(FlatTomlConfig, StepSchedule):
     """How to fine-tune a `RealmForOpenQA` checkpoint on an Open-QA training set.
 
     Attributes:
@@ -184,17 +205,6 @@ class FinetuneConfig(FlatTomlConfig):
         if self.lr <= 0 or self.weight_decay < 0 or self.clip_norm < 0 or self.adam_eps <= 0:
             raise ValueError("finetune config: lr and adam_eps must be > 0, weight_decay and clip_norm >= 0")
 
-    # -- derived ----------------------------------------------------------------------------------
-
-    @property
-    def num_warmup_steps(self) -> int:
-        if self.warmup_steps is not None:
-            return min(self.warmup_steps, self.num_steps)
-        return round(self.warmup_fraction * self.num_steps)
-
-    def global_batch_size(self, world_size: int) -> int:
-        """Questions per optimizer step over all processes."""
-        return self.batch_size * world_size * self.grad_accumulation
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     """`["lr=3e-5", "device=cuda"]` -> `{"lr": 3e-05, "device": "cuda"}` (values parsed as TOML if they are)."""

@@ -41,12 +41,12 @@ from realm.train.state import (
     BEST_DIR,
     LAST_DIR,
     capture_rng,
-    find_checkpoint,
     global_batch_indices,
     load_towers,
     load_training_checkpoint,
     process_slice,
     restore_rng,
+    resume_point,
     save_model_checkpoint,
     save_training_checkpoint,
     seed_everything,
@@ -99,12 +99,7 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, stop_after: int | 
     context = init_distributed(config.device)
     device = rank_device(config.device, context)
     output_dir = Path(config.output_dir)
-    checkpoint = find_checkpoint(output_dir) if resume else None
-    if not resume and find_checkpoint(output_dir) is not None:
-        raise FileExistsError(
-            f"{output_dir} already holds a fine-tuning checkpoint; continue it with --resume or choose "
-            "another output_dir"
-        )
+    checkpoint = resume_point(output_dir, resume, "fine-tuning")
     seed_everything(config.seed + context.rank)
 
     store = BlockStore.open(config.store)

@@ -155,6 +155,17 @@ def find_checkpoint(output_dir: Path, name: str = LAST_DIR) -> Path | None:
     return None
 
 
+def resume_point(output_dir: Path, resume: bool, kind: str) -> Path | None:
+    """The checkpoint to continue from (`--resume`), or None to start afresh; a fresh start into a
+    directory that already holds a `kind` checkpoint is refused rather than overwriting it."""
+    found = find_checkpoint(output_dir)
+    if found is not None and not resume:
+        raise FileExistsError(
+            f"{output_dir} already holds a {kind} checkpoint; continue it with --resume or choose another output_dir"
+        )
+    return found if resume else None
+
+
 def save_training_checkpoint(
     directory: Path,
     embedder: RealmEmbedder,
