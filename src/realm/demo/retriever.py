@@ -7,27 +7,15 @@ Shapes: B pairs, Q question tokens, L block tokens, D retriever_proj_size.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from realm.modeling.embedder import RealmEmbedder
 from realm.pretrain.ict import in_batch_softmax_loss
+from realm.pretrain.step import pad_sequences
 
 logger = logging.getLogger(__name__)
-
-
-def _pad(sequences: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    types = torch.zeros((len(sequences), width), dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, (seq_ids, seq_types) in enumerate(sequences):
-        ids[row, : len(seq_ids)] = torch.tensor(seq_ids)
-        types[row, : len(seq_types)] = torch.tensor(seq_types)
-        mask[row, : len(seq_ids)] = 1
-    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
 
 
 def train_retriever(
@@ -62,10 +50,10 @@ def train_retriever(
     for step in bar:
         start = (step * batch_size) % max(1, len(order) - batch_size + 1)
         chosen = order[start : start + batch_size].tolist()
-        q = _pad([(questions[i], [0] * len(questions[i])) for i in chosen], pad_id)
-        b = _pad([blocks[i] for i in chosen], pad_id)
-        query = embedder(**{k: v.to(device) for k, v in q.items()}).projected_score  # [B, D]
-        block = embedder(**{k: v.to(device) for k, v in b.items()}).projected_score  # [B, D]
+        q_ids, q_types, q_mask = pad_sequences([questions[i] for i in chosen], [[0] * len(questions[i]) for i in chosen], pad_id, device)
+        b_ids, b_types, b_mask = pad_sequences([blocks[i][0] for i in chosen], [blocks[i][1] for i in chosen], pad_id, device)
+        query = embedder(q_ids, attention_mask=q_mask, token_type_ids=q_types).projected_score  # [B, D]
+        block = embedder(b_ids, attention_mask=b_mask, token_type_ids=b_types).projected_score  # [B, D]
         loss, _ = in_batch_softmax_loss(query, block, torch.arange(len(chosen), device=device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -33,6 +33,7 @@ from torch import nn
 from realm.corpus import BlockStore
 from realm.index.build import block_inputs
 from realm.modeling.embedder import RealmEmbedder
+from realm.train.finetune import collate_questions
 
 __all__ = [
     "ICTConfig",
@@ -153,24 +154,14 @@ class ICTExampleGenerator:
         )
 
 
-def _pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for n, r in enumerate(rows):
-        ids[n, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[n, : len(r)] = 1
-    return ids, mask
-
-
 def collate_ict(examples: Sequence[ICTExample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch: ``query_input_ids``/``query_attention_mask`` [B, Lq], ``block_input_ids``,
     ``block_attention_mask``, ``block_token_type_ids`` [B, Lb] (types 0 on padding), all int64."""
     if not examples:
         raise ValueError("collate_ict needs at least one example")
-    query_ids, query_mask = _pad([e.query_ids for e in examples], pad_id)
-    block_ids, block_mask = _pad([e.block_ids for e in examples], pad_id)
-    block_types, _ = _pad([e.block_type_ids for e in examples], 0)
+    query_ids, query_mask = collate_questions([e.query_ids for e in examples], pad_id)
+    block_ids, block_mask = collate_questions([e.block_ids for e in examples], pad_id)
+    block_types, _ = collate_questions([e.block_type_ids for e in examples], 0)
     return {
         "query_input_ids": query_ids,
         "query_attention_mask": query_mask,

@@ -242,7 +242,7 @@ class RealmPretrainer(nn.Module):
         # The null block is embedded once, as `[CLS] [SEP] [SEP]`, and shared by the batch.
         sequences = [block_inputs([], [], self.cls_id, self.sep_id, self.block_seq_len)]
         sequences += [block_inputs(t, x, self.cls_id, self.sep_id, self.block_seq_len) for t, x in zip(titles, texts, strict=True)]
-        ids, types, mask = _pad([s for s, _ in sequences], [t for _, t in sequences], self.pad_id, device)
+        ids, types, mask = pad_sequences([s for s, _ in sequences], [t for _, t in sequences], self.pad_id, device)
         emb = self.block_embedder(ids, attention_mask=mask, token_type_ids=types).projected_score  # [1 + B(C-1), D]
         null, rest = emb[:1], emb[1:].view(b, c - 1, emb.shape[-1])
         return torch.cat([null.expand(b, 1, -1), rest], dim=1)
@@ -263,7 +263,7 @@ class RealmPretrainer(nn.Module):
                     text, cursor = list(texts[cursor])[:room], cursor + 1
                 ids.append(sentence + text + [self.sep_id])
                 types.append([0] * len(sentence) + [1] * (len(text) + 1))
-        ids_t, types_t, mask_t = _pad(ids, types, self.pad_id, device)
+        ids_t, types_t, mask_t = pad_sequences(ids, types, self.pad_id, device)
         shape = (b, c, ids_t.shape[-1])
         return {"input_ids": ids_t.view(shape), "token_type_ids": types_t.view(shape), "attention_mask": mask_t.view(shape)}
 
@@ -320,7 +320,7 @@ def _statistics(
     }
 
 
-def _pad(
+def pad_sequences(
     ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad to the longest: input_ids, token_type_ids, attention_mask, each [N, L]."""
