@@ -246,5 +246,5 @@ def start_worker(
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = open(run_dir / "refresh.log", "ab")
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(run_dir / "refresh.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
