@@ -62,3 +62,12 @@ def rank_device(device: torch.device | str | None, context: DistributedContext) 
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", context.local_rank)
     return device
+
+
+def freeze_unused(module: torch.nn.Module, prefixes: tuple[str, ...]) -> None:
+    """Freeze the parameters whose names start with one of `prefixes`: parameters a training forward never
+    uses (heads a checkpoint carries, a pooler), so that DistributedDataParallel sees every trainable
+    parameter receive a gradient. They are saved unchanged."""
+    for name, parameter in module.named_parameters():
+        if name.startswith(prefixes):
+            parameter.requires_grad_(False)

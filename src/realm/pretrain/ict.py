@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from realm.corpus import BlockStore
+from realm.distributed import freeze_unused
 from realm.index.build import block_inputs
 from realm.modeling.embedder import RealmEmbedder
 from realm.train.finetune import collate_questions
@@ -237,9 +238,7 @@ class ICTModel(nn.Module):
     def __init__(self, embedder: RealmEmbedder) -> None:
         super().__init__()
         self.embedder = embedder
-        for name, parameter in self.named_parameters():
-            if name.startswith(UNUSED_PARAMETER_PREFIXES):
-                parameter.requires_grad_(False)
+        freeze_unused(self, UNUSED_PARAMETER_PREFIXES)
 
     def forward(
         self,

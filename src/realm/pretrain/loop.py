@@ -48,21 +48,19 @@ from realm.train.loop import MetricsLog, build_optimizer, linear_schedule
 from realm.train.state import (
     LAST_DIR,
     atomic_directory,
-    capture_rng,
-    find_checkpoint,
+    gather_rng_states,
     load_training_checkpoint,
     process_slice,
     restore_rng,
     resume_point,
     seed_everything,
+    write_training_state,
 )
 
 logger = logging.getLogger(__name__)
 
 FINAL_DIR = "final"
 EMBEDDER, BLOCK_EMBEDDER, ENCODER, OPENQA = "embedder", "block_embedder", "encoder", "openqa"
-OPTIMIZER_NAME = "optimizer.pt"
-TRAINER_STATE_NAME = "trainer_state.pt"
 # Changing these changes which examples later steps read: a resumed run must keep them.
 DATA_ORDER_KEYS = ("seed", "store", "sentences", "objective", "masking", "spacy_model", "max_masks", "mask_rate",
                    "query_seq_len", "ict_remove_rate")  # fmt: skip
@@ -116,6 +114,7 @@ class _Trainer:
         tokenizer: Any, checkpoint: Path | None,
     ) -> None:  # fmt: skip
         self.config, self.context, self.device, self.store = config, context, device, store
+        self.tokenizer = tokenizer
         self.output_dir = Path(config.output_dir)
         self.pad_id = store.special_ids[2]
         self.files = RefreshFiles(self.output_dir)
@@ -128,6 +127,8 @@ class _Trainer:
             self.optimizer, linear_schedule(config.num_warmup_steps, config.num_steps)
         )
         self.step, self.index_step = 0, 0
+        # The index step the `last/` on disk was trained against: its index is kept for resuming.
+        self.saved_index_step: int | None = None
         if checkpoint is not None:
             self._resume(checkpoint)
             logger.info("resuming %s at step %d", checkpoint, self.step)
@@ -220,8 +221,7 @@ class _Trainer:
         self.index_step = published.step
 
     def _resume(self, checkpoint: Path) -> None:
-        optimizer_state = torch.load(checkpoint / OPTIMIZER_NAME, map_location="cpu", weights_only=True)
-        _, state = load_training_checkpoint(checkpoint)
+        optimizer_state, state = load_training_checkpoint(checkpoint)
         saved = json.loads((checkpoint / PretrainConfig.FILE_NAME).read_text())
         global_batch = self.config.global_batch_size(self.context.world_size)
         changed = [k for k in DATA_ORDER_KEYS if saved.get(k) != getattr(self.config, k)]
@@ -235,6 +235,7 @@ class _Trainer:
         if len(state["rng"]) == self.context.world_size:
             restore_rng(state["rng"][self.context.rank])
         self.step, self.index_step = int(state["step"]), int(state["index_step"])
+        self.saved_index_step = self.index_step
 
     # -- the loop -----------------------------------------------------------------------------------
 
@@ -349,14 +350,8 @@ class _Trainer:
         logger.info("step %d: swapped in the index of step %d", self.step, published.step)
         self.index_step = published.step
         if self.context.is_main:
-            self.files.prune([self.index_step, self._saved_index_step()])
-
-    def _saved_index_step(self) -> int:
-        """The index the saved `last/` was trained against (kept for resuming)."""
-        found = find_checkpoint(self.output_dir)
-        if found is None:
-            return self.index_step
-        return int(json.loads((found / "trainer_state.json").read_text())["index_step"])
+            kept = [self.index_step] if self.saved_index_step is None else [self.index_step, self.saved_index_step]
+            self.files.prune(kept)
 
     def _log(self, window: _Window, metrics: MetricsLog) -> dict[str, Any]:
         context = self.context
@@ -395,11 +390,7 @@ class _Trainer:
 
     def _save_last(self) -> None:
         context = self.context
-        rng = capture_rng()
-        states = [rng]
-        if context.is_distributed:
-            states = [None] * context.world_size
-            dist.all_gather_object(states, rng)
+        states = gather_rng_states(context)
         if context.is_main:
             state = {
                 "step": self.step, "index_step": self.index_step, "rng": states, "world_size": context.world_size,
@@ -407,20 +398,17 @@ class _Trainer:
             }  # fmt: skip
             with atomic_directory(self.output_dir / LAST_DIR) as tmp:
                 self._save_towers(tmp)
-                self.config.save(tmp)
-                torch.save(self.optimizer.state_dict(), tmp / OPTIMIZER_NAME)
-                torch.save({**state, "scheduler": self.scheduler.state_dict()}, tmp / TRAINER_STATE_NAME)
-                summary = {k: v for k, v in state.items() if k != "rng"}
-                (tmp / "trainer_state.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+                write_training_state(tmp, self.config, self.optimizer, self.scheduler, state)
+            self.saved_index_step = self.index_step
         context.barrier()
 
     def _save_final(self) -> None:
         if self.context.is_main:
             with atomic_directory(self.output_dir / FINAL_DIR) as tmp:
                 self._save_towers(tmp)
-                self.store.load_tokenizer().save_pretrained(tmp / EMBEDDER)
+                self.tokenizer.save_pretrained(tmp / EMBEDDER)
                 if self.config.objective == "realm":
-                    self.store.load_tokenizer().save_pretrained(tmp / ENCODER)
+                    self.tokenizer.save_pretrained(tmp / ENCODER)
                     from realm.modeling.bert_import import openqa_from_pretrained
 
                     openqa_from_pretrained(tmp / EMBEDDER, tmp / ENCODER, tmp / OPENQA)

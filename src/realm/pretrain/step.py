@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from realm.corpus import BlockStore
+from realm.distributed import freeze_unused
 from realm.index import Index
 from realm.index.build import block_inputs
 from realm.modeling.embedder import RealmEmbedder
@@ -134,9 +135,7 @@ class RealmPretrainer(nn.Module):
         self.cls_id, self.sep_id, self.pad_id = store.special_ids
         self.index: Index | None = None
         self.timings: dict[str, float] = {}
-        for name, parameter in self.named_parameters():
-            if name.startswith(UNUSED_PARAMETER_PREFIXES):
-                parameter.requires_grad_(False)
+        freeze_unused(self, UNUSED_PARAMETER_PREFIXES)
         if num_candidates == 1:
             # The null block alone: plain MLM, the baseline that shows what retrieval adds. The towers'
             # scores then cancel in the softmax and receive no gradient.

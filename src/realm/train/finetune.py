@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from realm.corpus import BlockStore
+from realm.distributed import freeze_unused
 from realm.index import Index
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.reader import RealmReader
@@ -138,9 +139,7 @@ class OpenQAFinetuner(nn.Module):
         self.searcher_beam_size = searcher_beam_size
         self.reader_beam_size = reader_beam_size
         self.reader_seq_len = reader_seq_len
-        for name, parameter in self.named_parameters():
-            if name.startswith(UNUSED_PARAMETER_PREFIXES):
-                parameter.requires_grad_(False)
+        freeze_unused(self, UNUSED_PARAMETER_PREFIXES)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, answer_ids: list[list[list[int]]]

@@ -40,7 +40,7 @@ from realm.train.finetune import OpenQAFinetuner, collate_questions, encode_ques
 from realm.train.state import (
     BEST_DIR,
     LAST_DIR,
-    capture_rng,
+    gather_rng_states,
     global_batch_indices,
     load_towers,
     load_training_checkpoint,
@@ -313,11 +313,7 @@ def _save_last(
     output_dir: Path, finetuner: OpenQAFinetuner, model_config: RealmConfig, config: FinetuneConfig,
     optimizer: Any, scheduler: Any, step: int, best: dict[str, Any] | None, context: DistributedContext,
 ) -> None:  # fmt: skip
-    rng = capture_rng()
-    states = [rng]
-    if context.is_distributed:
-        states = [None] * context.world_size
-        dist.all_gather_object(states, rng)
+    states = gather_rng_states(context)
     if context.is_main:
         global_batch = config.global_batch_size(context.world_size)
         trainer_state = {

@@ -31,8 +31,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from realm.config import RealmConfig
+from realm.distributed import DistributedContext
 from realm.modeling.checkpoint import resolve_weights
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.openqa import RealmForOpenQA
@@ -92,6 +94,16 @@ def capture_rng() -> dict[str, Any]:
                   "has_gauss": int(has_gauss), "gauss": float(gauss)},  # fmt: skip
         "python": {"version": version, "state": list(python_state), "gauss": python_gauss},
     }
+
+
+def gather_rng_states(context: DistributedContext) -> list[dict[str, Any]]:
+    """Every process's `capture_rng()`, in rank order (every process must call it)."""
+    rng = capture_rng()
+    if not context.is_distributed:
+        return [rng]
+    states: list[Any] = [None] * context.world_size
+    dist.all_gather_object(states, rng)
+    return states
 
 
 def restore_rng(state: dict[str, Any]) -> None:
@@ -180,11 +192,24 @@ def save_training_checkpoint(
     best score, data position)."""
     with atomic_directory(directory) as tmp:
         save_openqa(tmp, embedder, reader, model_config)
-        finetune_config.save(tmp)
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_NAME)
-        torch.save({**trainer_state, "scheduler": scheduler.state_dict()}, tmp / TRAINER_STATE_NAME)
-        summary = {k: v for k, v in trainer_state.items() if k != "rng"}
-        (tmp / TRAINER_JSON_NAME).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        write_training_state(tmp, finetune_config, optimizer, scheduler, trainer_state)
+
+
+def write_training_state(
+    directory: Path,
+    run_config: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    trainer_state: dict[str, Any],
+) -> None:
+    """Beside a checkpoint's weights: the run's config, `optimizer.pt`, `trainer_state.pt` (with the
+    scheduler) and a readable `trainer_state.json` (all but the RNG states). `load_training_checkpoint`
+    reads them back."""
+    run_config.save(directory)
+    torch.save(optimizer.state_dict(), directory / OPTIMIZER_NAME)
+    torch.save({**trainer_state, "scheduler": scheduler.state_dict()}, directory / TRAINER_STATE_NAME)
+    summary = {k: v for k, v in trainer_state.items() if k != "rng"}
+    (directory / TRAINER_JSON_NAME).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
 def save_model_checkpoint(
