@@ -344,6 +344,7 @@ def _train_retriever(
     trained embedder with the BERT-initialised reader)."""
     from realm.demo.retriever import train_retriever
     from realm.index.build import block_inputs
+    from realm.modeling.checkpoint import resolve_weights
     from realm.modeling.embedder import RealmEmbedder
     from realm.modeling.reader import RealmReader
     from realm.tokenization import RealmTokenizerFast
@@ -367,8 +368,6 @@ def _train_retriever(
     tokenizer.save_pretrained(out / "embedder")
     reader_weights = model_dir / "openqa"
     reader = RealmReader(embedder.config)
-    from realm.modeling.checkpoint import resolve_weights
-
     reader.load_checkpoint(resolve_weights(reader_weights), prefix="reader.")
     save_openqa(out / "openqa", embedder, reader, embedder.config)
     tokenizer.save_pretrained(out / "openqa")
