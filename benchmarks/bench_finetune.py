@@ -1,4 +1,4 @@
-"""Benchmark one ORQA/REALM fine-tuning step: ours (`realm.train`) against a port-style step, on CPU.
+"""Benchmark one ORQA/REALM fine-tuning step: ours (`realm.finetune`) against a port-style step, on CPU.
 
 Both steps do the same math on the same question, model weights and index (the losses are checked to
 agree before anything is timed): embed the question, search the top K = 5000 blocks, retrieval logits,
@@ -39,10 +39,11 @@ import torch
 
 from realm import RealmConfig, RealmForOpenQA, RealmRetriever, RealmTokenizerFast
 from realm.corpus import Block, BlockStore
+from realm.finetune import OpenQAFinetuner, answers_in_blocks
+from realm.finetune.answers import NO_TOKEN
 from realm.index import ExactIndex
-from realm.train import OpenQAFinetuner, answers_in_blocks, collate_questions
-from realm.train.answers import NO_TOKEN
-from realm.train.state import load_towers, save_openqa
+from realm.inputs import collate_questions
+from realm.modeling.openqa import load_towers, save_openqa
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 

@@ -21,19 +21,20 @@ import torch
 from realm import RealmConfig, RealmEmbedder, RealmForOpenQA, RealmReader, RealmRetriever, RealmTokenizerFast
 from realm.corpus import Block, BlockStore
 from realm.eval import QADataError
-from realm.index import open_index
-from realm.index.build import IndexBuildConfig, build_index
-from realm.pipeline import Pipeline
-from realm.tokenization import RealmTokenizer
-from realm.train import (
+from realm.finetune import (
     FinetuneConfig,
     OpenQAFinetuner,
     answers_in_blocks,
-    collate_questions,
     encode_questions,
     finetune,
 )
-from realm.train.state import LAST_DIR, global_batch_indices, load_towers, process_slice, save_openqa
+from realm.index import open_index
+from realm.index.build import IndexBuildConfig, build_index
+from realm.inputs import collate_questions
+from realm.modeling.openqa import load_towers, save_openqa
+from realm.pipeline import Pipeline
+from realm.tokenization import RealmTokenizer
+from realm.train.state import LAST_DIR, global_batch_indices, process_slice
 
 REPO = Path(__file__).resolve().parents[1]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

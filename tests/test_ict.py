@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from realm.corpus import BlockStore
-from realm.index.build import block_inputs
+from realm.inputs import block_inputs
 from realm.modeling.embedder import RealmEmbedder
 from realm.pretrain.ict import (
     ICTConfig,

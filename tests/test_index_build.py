@@ -18,7 +18,8 @@ import torch
 
 from realm import RealmEmbedder, RealmTokenizerFast
 from realm.corpus import BlockStore, BuildConfig, build_store
-from realm.index.build import IndexBuildConfig, block_inputs, build_index
+from realm.index.build import IndexBuildConfig, build_index
+from realm.inputs import block_inputs
 from tests.conftest import REFERENCE, tiny_config
 
 WORDS = (

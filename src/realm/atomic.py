@@ -7,6 +7,7 @@ never a half-written file; readers that already opened (or memory-mapped) the ol
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,3 +57,27 @@ def atomic_save_npy(path: str | os.PathLike[str], array: np.ndarray) -> Path:
             np.save(f, array, allow_pickle=False)
 
     return atomic_write(path, write)
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a temporary directory beside `final`; on success it replaces `final`.
+
+    The previous directory is moved aside first and deleted after, so a kill at any moment leaves a
+    complete directory under `final` or, between the two renames, under `.{final.name}.old`.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+        old = final.with_name(f".{final.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

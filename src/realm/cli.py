@@ -224,7 +224,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _finetune(args: argparse.Namespace) -> int:
     from realm.distributed import DistributedContext
-    from realm.train import FinetuneConfig, finetune
+    from realm.finetune import FinetuneConfig, finetune
 
     config = FinetuneConfig.load(args.config, args.overrides)
     result = finetune(config, resume=args.resume)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from realm.files import resolve_file
+
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "realm"
 SUPPORTED_ACTIVATIONS = ("gelu_new", "gelu", "gelu_pytorch_tanh", "relu", "silu", "swish", "tanh")
@@ -154,7 +156,6 @@ class RealmConfig:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str], **overrides: Any) -> RealmConfig:
         """Read `config.json` from a directory, a file, or (with `huggingface_hub`) a hub id."""
-        from realm.modeling.checkpoint import resolve_file
 
         path = Path(name_or_path)
         config_file = path if path.is_file() else resolve_file(name_or_path, CONFIG_NAME)

@@ -26,7 +26,7 @@ import torch
 
 from realm.atomic import atomic_save_npy
 from realm.corpus.store import BlockStore
-from realm.modeling.checkpoint import resolve_file
+from realm.files import resolve_file
 from realm.tokenization import BatchEncoding, RealmTokenizer, RealmTokenizerFast
 
 BLOCK_RECORDS_NAME = "block_records.npy"

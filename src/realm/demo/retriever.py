@@ -11,9 +11,9 @@ import logging
 import numpy as np
 import torch
 
+from realm.inputs import pad_sequences
 from realm.modeling.embedder import RealmEmbedder
 from realm.pretrain.ict import in_batch_softmax_loss
-from realm.pretrain.step import pad_sequences
 
 logger = logging.getLogger(__name__)
 

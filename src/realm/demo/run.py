@@ -9,7 +9,7 @@ its inputs and settings; a stage whose settings changed starts again from an emp
     questions  each article's description -> a question answered by its title; ~10% held out
     retriever  the shared query/block embedder trained with ICT's in-batch softmax on (question, block)
     index      `build_index` with that embedder
-    reader     `realm.train.finetune` (reader + query tower) over the frozen index
+    reader     `realm.finetune` (reader + query tower) over the frozen index
     evaluate   held-out recall@k and EM with `realm.eval.evaluate`
 
 Index build and fine-tuning resume where a kill left them (they write atomically chunk by chunk or
@@ -68,7 +68,7 @@ class DemoConfig:
         question_max_length: question wordpieces, special tokens included.
         holdout_fraction: share of the questions held out for evaluation.
         retriever_steps, retriever_batch_size, retriever_lr: in-batch softmax training of the embedder.
-        reader_steps, reader_batch_size, reader_lr: `realm.train.finetune` of reader and query tower.
+        reader_steps, reader_batch_size, reader_lr: `realm.finetune` of reader and query tower.
         searcher_beam_size, reader_beam_size: blocks retrieved for the retriever loss / read (REALM: 5000 / 5).
         eval_questions: held-out questions evaluated (0: all).
         threads: torch threads (None: all cores).
@@ -269,7 +269,7 @@ def run_demo(
 
     # Reader (and query tower) fine-tuning over the frozen index.
     def reader(directory: Path) -> dict[str, Any]:
-        from realm.train import FinetuneConfig, finetune
+        from realm.finetune import FinetuneConfig, finetune
 
         finetune_config = FinetuneConfig(
             model=str(retriever_dir / "openqa"), store=str(blocks_dir / "store"), index=str(index_dir / "index"),
@@ -343,12 +343,12 @@ def _train_retriever(
     """Train the shared embedder on (question, its article's block); write `embedder/` and `openqa/` (the
     trained embedder with the BERT-initialised reader)."""
     from realm.demo.retriever import train_retriever
-    from realm.index.build import block_inputs
+    from realm.inputs import block_inputs
     from realm.modeling.checkpoint import resolve_weights
     from realm.modeling.embedder import RealmEmbedder
+    from realm.modeling.openqa import save_openqa
     from realm.modeling.reader import RealmReader
     from realm.tokenization import RealmTokenizerFast
-    from realm.train.state import save_openqa
 
     tokenizer = RealmTokenizerFast.from_pretrained(model_dir / "embedder")
     embedder = RealmEmbedder.from_pretrained(model_dir / "embedder")

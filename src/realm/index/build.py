@@ -36,6 +36,7 @@ from realm.index.embeddings import (
     finish_embeddings,
     read_manifest,
 )
+from realm.inputs import block_inputs
 from realm.modeling.checkpoint import resolve_weights
 from realm.modeling.embedder import RealmEmbedder
 
@@ -97,16 +98,6 @@ def file_fingerprint(paths: Sequence[Path]) -> str:
 def embedder_fingerprint(embedder_path: str | os.PathLike[str]) -> str:
     path = Path(embedder_path)
     return file_fingerprint([path / "config.json", resolve_weights(path)])
-
-
-def block_inputs(
-    title_ids: list[int], token_ids: list[int], cls_id: int, sep_id: int, max_length: int
-) -> tuple[list[int], list[int]]:
-    """`[CLS] title [SEP] text [SEP]` with token types 0 / 1, the text truncated to fit `max_length`."""
-    room = max(max_length - 3 - len(title_ids), 0)
-    ids = [cls_id, *title_ids, sep_id, *token_ids[:room], sep_id][:max_length]
-    types = [0] * (len(title_ids) + 2) + [1] * (len(ids) - len(title_ids) - 2)
-    return ids, types
 
 
 def check_index(

@@ -29,11 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from realm.atomic import atomic_write_text
+from realm.atomic import atomic_directory, atomic_write_text
 from realm.config import RealmConfig
 from realm.modeling.checkpoint import SAFE_WEIGHTS_NAME, WEIGHTS_NAME, CheckpointError, read_state_dict
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.knowledge_encoder import RealmKnowledgeAugEncoder
+from realm.modeling.openqa import save_openqa
 from realm.modeling.pretrained import RealmPreTrainedModel
 from realm.modeling.reader import RealmReader
 
@@ -265,7 +266,6 @@ def init_from_bert(
     Raises:
         FileNotFoundError / ValueError / CheckpointError naming the file (and key and shapes) at fault.
     """
-    from realm.train.state import atomic_directory, save_openqa
 
     bert_dir, out_dir = Path(bert_dir), Path(out_dir)
     config = read_bert_config(bert_dir, proj_size=proj_size)
@@ -332,7 +332,6 @@ def openqa_from_pretrained(
     is used as is (query and block tower). Written atomically, with the encoder's tokenizer files.
     """
     from realm.tokenization import RealmTokenizerFast
-    from realm.train.state import atomic_directory, save_openqa
 
     embedder_dir, encoder_dir, out_dir = Path(embedder_dir), Path(encoder_dir), Path(out_dir)
     embedder = RealmEmbedder.from_pretrained(embedder_dir)

@@ -1,4 +1,5 @@
-"""Checkpoint files: finding them (local directory or hub id), reading them safely, writing them atomically.
+"""Checkpoint files: the weights file of a checkpoint (found by `realm.files.resolve_file`), reading it
+safely, writing it atomically.
 
 Reading never unpickles arbitrary objects: `pytorch_model.bin` goes through `torch.load(weights_only=True)`.
 Writing is atomic (`realm.atomic`): a crash never leaves a half-written checkpoint under the final name.
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 
 from realm.atomic import atomic_write
+from realm.files import resolve_file
 
 logger = logging.getLogger(__name__)
 
@@ -22,46 +24,6 @@ WEIGHTS_NAME = "pytorch_model.bin"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded into the model asked for."""
-
-
-def resolve_file(name_or_path: str | os.PathLike[str], filename: str, *, optional: bool = False) -> Path | None:
-    """Find `filename` inside a local directory, or download it from the hub when `name_or_path` is a hub id.
-
-    Args:
-        name_or_path: a local directory, or a hub repository id such as "google/realm-orqa-nq-openqa".
-        filename: the file inside it.
-        optional: return None instead of raising when the file does not exist.
-    """
-    directory = Path(name_or_path)
-    if directory.is_dir():
-        path = directory / filename
-        if path.is_file():
-            return path
-        if optional:
-            return None
-        raise FileNotFoundError(f"{path} does not exist")
-    if directory.exists():
-        raise NotADirectoryError(f"{directory} is a file; pass the directory that holds {filename}")
-    if not _looks_like_hub_id(str(name_or_path)):
-        raise FileNotFoundError(f"{directory} does not exist")
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise FileNotFoundError(
-            f"{name_or_path} is not a local directory; to download it from the Hugging Face hub, "
-            "install the hub extra: pip install 'realm-lm[hub]'"
-        ) from None
-    try:
-        return Path(hf_hub_download(repo_id=str(name_or_path), filename=filename))
-    except Exception as err:  # the hub client raises many types; all mean "not available"
-        if optional and type(err).__name__ in {"EntryNotFoundError", "RemoteEntryNotFoundError"}:
-            return None
-        raise FileNotFoundError(f"could not get {filename} from {name_or_path}: {err}") from err
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    """"org/name" or "name"; not an absolute, home-relative or dotted path."""
-    return not (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1)
 
 
 def resolve_weights(name_or_path: str | os.PathLike[str]) -> Path:

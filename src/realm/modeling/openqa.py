@@ -6,6 +6,8 @@ Shapes: B questions, Q question tokens, N_blocks corpus blocks, D retriever_proj
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,6 +15,7 @@ import torch
 from realm.config import RealmConfig
 from realm.index.base import Index
 from realm.index.exact import ExactIndex
+from realm.modeling.checkpoint import resolve_weights
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.outputs import RealmForOpenQAOutput, RealmReaderOutput
 from realm.modeling.pretrained import RealmPreTrainedModel
@@ -139,6 +142,26 @@ class RealmForOpenQA(RealmPreTrainedModel):
             result = RealmForOpenQAOutput(_stack_reader_outputs(outputs), predicted, block_ids)
         return result.to_tuple() if return_dict is False else result
 
+
+
+def save_openqa(directory: Path, embedder: RealmEmbedder, reader: RealmReader, config: RealmConfig) -> None:
+    """Write a `RealmForOpenQA` checkpoint of the two towers, without block embeddings."""
+    with torch.device("meta"):  # a shell: no memory, no initialisation, no RNG draws
+        shell = RealmForOpenQA(config.copy(num_block_records=0))
+    shell.embedder, shell.reader = embedder, reader
+    shell.block_emb = torch.zeros(0, config.retriever_proj_size)
+    shell.save_pretrained(directory)
+
+
+def load_towers(
+    checkpoint: str | os.PathLike[str], config: RealmConfig, device: torch.device
+) -> tuple[RealmEmbedder, RealmReader]:
+    """The embedder and reader of a `RealmForOpenQA` checkpoint (a `block_emb` in it is not read)."""
+    weights = resolve_weights(checkpoint)
+    embedder, reader = RealmEmbedder(config), RealmReader(config)
+    embedder.load_checkpoint(weights, prefix="embedder.")
+    reader.load_checkpoint(weights, prefix="reader.")
+    return embedder.to(device), reader.to(device)
 
 def _answers_per_question(answer_ids: Any, batch: int) -> list[Any] | None:
     """Split `answer_ids` into one entry per question (the port's one-question format is accepted for B = 1)."""

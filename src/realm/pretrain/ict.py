@@ -11,7 +11,7 @@ batch is a negative:
 
 Removing the sentence 90% of the time (ORQA's ``mask_rate`` 0.9) forces the embedder to match on context,
 not on word overlap; keeping it 10% of the time keeps word overlap useful. As the released ICT model, one
-embedder serves both towers. Blocks are laid out exactly as `realm.index.build.block_inputs` feeds them to
+embedder serves both towers. Blocks are laid out exactly as `realm.inputs.block_inputs` feeds them to
 the index builder, so the embedder is trained on the inputs it will later be asked to index.
 
 Shapes: B local batch, W processes, D projection dim, Lq query length, Lb block length.
@@ -32,9 +32,8 @@ from torch import nn
 
 from realm.corpus import BlockStore
 from realm.distributed import freeze_unused
-from realm.index.build import block_inputs
+from realm.inputs import block_inputs, collate_questions
 from realm.modeling.embedder import RealmEmbedder
-from realm.train.finetune import collate_questions
 
 __all__ = [
     "ICTConfig",

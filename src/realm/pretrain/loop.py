@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from realm.atomic import atomic_directory
 from realm.config import RealmConfig
 from realm.corpus import BlockStore
 from realm.distributed import DistributedContext, init_distributed, rank_device
@@ -44,10 +45,10 @@ from realm.objectives import IGNORE_INDEX
 from realm.pretrain.config import PretrainConfig
 from realm.pretrain.refresh import PublishedIndex, RefreshFiles, start_worker
 from realm.pretrain.step import RealmPretrainer
-from realm.train.loop import MetricsLog, build_optimizer, linear_schedule
+from realm.train.metrics import MetricsLog
+from realm.train.optim import build_optimizer, linear_schedule
 from realm.train.state import (
     LAST_DIR,
-    atomic_directory,
     gather_rng_states,
     load_training_checkpoint,
     process_slice,

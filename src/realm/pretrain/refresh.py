@@ -40,13 +40,12 @@ from typing import Any
 
 import torch.distributed as dist
 
-from realm.atomic import atomic_write_text
+from realm.atomic import atomic_directory, atomic_write_text
 from realm.corpus import BlockStore
 from realm.distributed import DistributedContext
 from realm.index import Index, open_index
 from realm.index.build import IndexBuildConfig, build_index, check_index
 from realm.modeling.embedder import RealmEmbedder
-from realm.train.state import atomic_directory
 
 logger = logging.getLogger(__name__)
 

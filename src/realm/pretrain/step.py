@@ -39,7 +39,7 @@ from torch import nn
 from realm.corpus import BlockStore
 from realm.distributed import freeze_unused
 from realm.index import Index
-from realm.index.build import block_inputs
+from realm.inputs import block_inputs, pad_sequences
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.knowledge_encoder import RealmKnowledgeAugEncoder
 from realm.objectives import (
@@ -317,18 +317,3 @@ def _statistics(
         "correct": correct.sum(),
         "null_correct": null_correct.sum(),
     }
-
-
-def pad_sequences(
-    ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest: input_ids, token_type_ids, attention_mask, each [N, L]."""
-    width = max(len(s) for s in ids)
-    out_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    out_types = torch.zeros((len(ids), width), dtype=torch.long)
-    out_mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, (seq, seq_types) in enumerate(zip(ids, types, strict=True)):
-        out_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        out_types[row, : len(seq_types)] = torch.tensor(seq_types, dtype=torch.long)
-        out_mask[row, : len(seq)] = 1
-    return out_ids.to(device), out_types.to(device), out_mask.to(device)

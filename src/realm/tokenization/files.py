@@ -1,4 +1,4 @@
-"""Reading and writing the port's tokenizer files, locally or from the Hugging Face Hub.
+"""Reading and writing the port's tokenizer files, locally or from the Hugging Face Hub (`realm.files`).
 
 Files: ``vocab.txt``, ``tokenizer_config.json``, ``special_tokens_map.json``, ``added_tokens.json``
 (must be empty: added tokens are not supported) and, for the fast tokenizer, ``tokenizer.json``.
@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from realm.files import resolve_file
 
 logger = logging.getLogger(__name__)
 
@@ -127,55 +129,27 @@ def resolve_files(
         (SPECIAL_TOKENS_MAP_FILE, False),
         (ADDED_TOKENS_FILE, False),
     ]
-    if os.path.isdir(name):
-        found = {
-            fname: (os.path.join(name, fname) if os.path.isfile(os.path.join(name, fname)) else None)
-            for fname, _ in wanted
-        }
-        _require_one(found, wanted, name)
-        return found
     if os.path.isfile(name):
-        raise OSError(
+        raise NotADirectoryError(
             f"{name} is a file; from_pretrained expects the directory that holds vocab.txt and the config files"
         )
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise OSError(
-            f"{name!r} is not a local directory. To download it from the Hugging Face Hub install the hub extra: "
-            "pip install realm-lm[hub]"
-        ) from None
-    from huggingface_hub.utils import EntryNotFoundError, HFValidationError
-
     found: dict[str, str | None] = {}
-    last_error: Exception | None = None
     for fname, _ in wanted:
-        try:
-            found[fname] = hf_hub_download(name, fname, revision=revision, cache_dir=cache_dir, token=token)
-        except EntryNotFoundError as err:  # optional files may be absent; required ones are checked below
-            found[fname] = None
-            last_error = err
-        except HFValidationError as err:
-            raise OSError(
-                f"{name!r} is neither a local directory nor a valid Hugging Face Hub repo id"
-            ) from err
-    _require_one(found, wanted, name, last_error)
+        # Every file is optional here: the fast tokenizer needs vocab.txt *or* tokenizer.json.
+        path = resolve_file(name, fname, optional=True, revision=revision, cache_dir=cache_dir, token=token)
+        found[fname] = None if path is None else str(path)
+    _require_one(found, wanted, name)
     return found
 
 
-def _require_one(
-    found: dict[str, str | None],
-    wanted: list[tuple[str, bool]],
-    source: str,
-    hub_error: Exception | None = None,
-) -> None:
+def _require_one(found: dict[str, str | None], wanted: list[tuple[str, bool]], source: str) -> None:
     """At least one of the required files must exist (the fast tokenizer needs vocab.txt *or* tokenizer.json)."""
     required = [fname for fname, req in wanted if req]
     if required and not any(found.get(fname) for fname in required):
-        if hub_error is None:
+        if os.path.isdir(source):
             paths = " or ".join(os.path.join(source, fname) for fname in required)
             raise FileNotFoundError(f"no vocabulary found: expected {paths}")
         raise FileNotFoundError(
-            f"{source!r} is not a local directory, and {' or '.join(required)} could not be fetched from "
-            f"the Hugging Face Hub repo of that name: {hub_error}"
-        ) from hub_error
+            f"{source!r} is not a local directory, and the Hugging Face Hub repo of that name has none of "
+            f"{', '.join(required)}"
+        )

@@ -1,4 +1,4 @@
-"""`FinetuneConfig`: every setting of `realm finetune`, read from TOML with `key=value` overrides.
+"""The run configs' base: a flat TOML file with `key=value` overrides, read into a frozen dataclass.
 
     config = FinetuneConfig.load("configs/finetune_nq.toml", ["lr=3e-5", "num_steps=100"])
 
@@ -6,12 +6,8 @@ The TOML file is flat (one `key = value` per setting, no tables). An override's 
 value (`lr=3e-5`, `bf16=true`, `dev="dev.jsonl"`), and as a plain string when it is not one
 (`device=cuda`, `output_dir=runs/nq`). Unknown keys, in the file or on the command line, are errors
 that name the key. Relative paths are taken relative to the working directory, not to the file.
-
-Defaults are ORQA's fine-tuning recipe (`language/orqa/models/orqa_model.py`, `orqa_experiment.py`):
-searcher beam 5000, reader beam 5, reader sequence 320, question 64, lr 1e-5, weight decay 0.01 (not on
-biases and LayerNorms), clip 1.0, Adam eps 1e-6, linear warm-up then linear decay to 0, one question per
-step (ORQA's input function does not batch). ORQA warms up for min(10000, max(100, num_steps / 10))
-steps; set `warmup_steps` for that, or `warmup_fraction`.
+`FlatTomlConfig` is that reading and writing; `StepSchedule` the step count, warm-up and global batch both
+loops share. `realm.finetune.config.FinetuneConfig` and `realm.pretrain.config.PretrainConfig` build on them.
 """
 
 from __future__ import annotations
@@ -24,7 +20,6 @@ import sys
 import types
 import typing
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -36,7 +31,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-CONFIG_FILE_NAME = "finetune_config.json"
 
 
 class FlatTomlConfig:
@@ -107,103 +101,6 @@ class StepSchedule:
     def global_batch_size(self, world_size: int) -> int:
         """Examples per optimizer step over all processes."""
         return self.batch_size * world_size * self.grad_accumulation
-
-
-@dataclass(frozen=True)
-class FinetuneConfig(FlatTomlConfig, StepSchedule):
-    """How to fine-tune a `RealmForOpenQA` checkpoint on an Open-QA training set.
-
-    Attributes:
-        model: the `RealmForOpenQA` checkpoint to start from (only its `embedder.` and `reader.` weights are
-            read; a `block_emb` in it is ignored: `index` replaces it).
-        store: the block store; `index`: its embeddings (frozen: the document tower is not trained).
-        train: training questions (NQ-open JSONL); `dev`: questions to evaluate on ("" for none).
-        output_dir: where `last/`, `best/`, `metrics.jsonl` (and `tensorboard/`) go.
-        searcher_beam_size: K, blocks retrieved per question for the retriever loss (ORQA: 5000).
-        reader_beam_size: R, the top blocks read (ORQA: 5); also the blocks read at evaluation.
-        max_span_width: longest answer span in wordpieces; None keeps the model config's (ORQA: 10).
-        reader_seq_len: tokens of `[CLS] question [SEP] block [SEP]` (ORQA: 320).
-        question_max_length: question tokens including [CLS] and [SEP] (ORQA: 64).
-        batch_size: questions per process per forward pass. The global batch of one optimizer step is
-            batch_size x processes x grad_accumulation.
-        grad_accumulation: forward/backward passes per optimizer step.
-        lr, weight_decay, adam_eps: AdamW (no weight decay on biases and LayerNorm weights).
-        warmup_steps: linear warm-up steps; None means round(warmup_fraction x num_steps).
-        warmup_fraction: used when warmup_steps is None.
-        num_steps: optimizer steps; the learning rate decays linearly to 0 at this step.
-        clip_norm: global gradient norm clip (0 turns it off).
-        bf16: run the forward passes under bfloat16 autocast.
-        eval_every: evaluate on `dev` every this many steps (0: only at the end); the best EM (ties:
-            recall@5) is kept in `best/`.
-        eval_at_start: also evaluate before the first step (the curve's starting point).
-        eval_examples: evaluate on the first this many dev questions (0: all).
-        eval_batch_size: questions per evaluation batch.
-        save_every: write `last/` every this many steps (0: only at the end).
-        log_every: write a `metrics.jsonl` row (and TensorBoard scalars) every this many steps.
-        seed: data order and RNGs; the data order is a function of (seed, step) only.
-        device: "cpu", "cuda" (each torchrun process takes its local GPU), ...
-        progress: show a progress bar (main process only).
-    """
-
-    KIND: ClassVar[str] = "finetune"
-    FILE_NAME: ClassVar[str] = CONFIG_FILE_NAME
-
-    model: str = ""
-    store: str = ""
-    index: str = ""
-    train: str = ""
-    dev: str = ""
-    output_dir: str = ""
-    searcher_beam_size: int = 5000
-    reader_beam_size: int = 5
-    max_span_width: int | None = None
-    reader_seq_len: int = 320
-    question_max_length: int = 64
-    batch_size: int = 1
-    grad_accumulation: int = 1
-    lr: float = 1e-5
-    weight_decay: float = 0.01
-    adam_eps: float = 1e-6
-    warmup_steps: int | None = None
-    warmup_fraction: float = 0.1
-    num_steps: int = 1000
-    clip_norm: float = 1.0
-    bf16: bool = False
-    eval_every: int = 1000
-    eval_at_start: bool = False
-    eval_examples: int = 0
-    eval_batch_size: int = 16
-    save_every: int = 1000
-    log_every: int = 10
-    seed: int = 0
-    device: str = "cpu"
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("model", "store", "index", "train", "output_dir"):
-            if not getattr(self, name):
-                raise ValueError(f"finetune config: {name} is required (set it in the TOML file or as {name}=...)")
-        positive = ("searcher_beam_size", "reader_beam_size", "reader_seq_len", "question_max_length",
-                    "batch_size", "grad_accumulation", "num_steps", "log_every", "eval_batch_size")  # fmt: skip
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"finetune config: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every", "save_every", "eval_examples"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"finetune config: {name} must be >= 0, got {getattr(self, name)}")
-        if self.reader_beam_size > self.searcher_beam_size:
-            raise ValueError(
-                f"finetune config: reader_beam_size ({self.reader_beam_size}) must not exceed "
-                f"searcher_beam_size ({self.searcher_beam_size}): the blocks read are the top retrieved"
-            )
-        if self.max_span_width is not None and self.max_span_width < 1:
-            raise ValueError(f"finetune config: max_span_width must be >= 1, got {self.max_span_width}")
-        if not 0.0 <= self.warmup_fraction <= 1.0:
-            raise ValueError(f"finetune config: warmup_fraction must be in [0, 1], got {self.warmup_fraction}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise ValueError(f"finetune config: warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.clip_norm < 0 or self.adam_eps <= 0:
-            raise ValueError("finetune config: lr and adam_eps must be > 0, weight_decay and clip_norm >= 0")
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:

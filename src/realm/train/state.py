@@ -20,12 +20,7 @@ generator seeded by (seed, epoch), the epochs are laid end to end, and step s ta
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +28,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from realm.atomic import atomic_directory
 from realm.config import RealmConfig
 from realm.distributed import DistributedContext
-from realm.modeling.checkpoint import resolve_weights
 from realm.modeling.embedder import RealmEmbedder
-from realm.modeling.openqa import RealmForOpenQA
+from realm.modeling.openqa import save_openqa
 from realm.modeling.reader import RealmReader
 
 LAST_DIR = "last"
@@ -117,46 +112,6 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 # -- model directories ----------------------------------------------------------------------------
-
-
-def save_openqa(directory: Path, embedder: RealmEmbedder, reader: RealmReader, config: RealmConfig) -> None:
-    """Write a `RealmForOpenQA` checkpoint of the two towers, without block embeddings."""
-    with torch.device("meta"):  # a shell: no memory, no initialisation, no RNG draws
-        shell = RealmForOpenQA(config.copy(num_block_records=0))
-    shell.embedder, shell.reader = embedder, reader
-    shell.block_emb = torch.zeros(0, config.retriever_proj_size)
-    shell.save_pretrained(directory)
-
-
-def load_towers(
-    checkpoint: str | os.PathLike[str], config: RealmConfig, device: torch.device
-) -> tuple[RealmEmbedder, RealmReader]:
-    """The embedder and reader of a `RealmForOpenQA` checkpoint (a `block_emb` in it is not read)."""
-    weights = resolve_weights(checkpoint)
-    embedder, reader = RealmEmbedder(config), RealmReader(config)
-    embedder.load_checkpoint(weights, prefix="embedder.")
-    reader.load_checkpoint(weights, prefix="reader.")
-    return embedder.to(device), reader.to(device)
-
-
-@contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a temporary directory beside `final`; on success it replaces `final` (see module doc)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    os.chmod(tmp, 0o755)
-    try:
-        yield tmp
-        old = final.with_name(f".{final.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def find_checkpoint(output_dir: Path, name: str = LAST_DIR) -> Path | None:

@@ -15,7 +15,7 @@ The numbers are `RealmForOpenQA`'s in train mode (see tests/test_finetune.py); t
 `RealmForOpenQA`, like the port, builds reader inputs for all K blocks, and the port decodes the question
 and re-tokenizes K (question, block) texts every step. Here nothing is decoded or re-tokenized, reader
 inputs are built only for the R blocks read, and the K labels come from one numpy search over the
-blocks' stored ids (`realm.train.answers`).
+blocks' stored ids (`realm.finetune.answers`).
 
 Shapes: B questions, Q question tokens, K retrieved, R read, T reader tokens, H hidden, D projection.
 """
@@ -31,11 +31,11 @@ from torch import nn
 
 from realm.corpus import BlockStore
 from realm.distributed import freeze_unused
+from realm.finetune.answers import NO_TOKEN, answers_in_blocks
 from realm.index import Index
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.reader import RealmReader
 from realm.retrieval import RealmRetriever, stack_reader_inputs
-from realm.train.answers import NO_TOKEN, answers_in_blocks
 
 # Parameters no fine-tuning forward uses: the MLM heads the released checkpoints carry, and the reader's
 # [CLS] pooler. They are frozen (and saved unchanged) so that DistributedDataParallel sees every
@@ -69,17 +69,6 @@ def encode_questions(tokenizer: Any, questions: Sequence[str], answers: Sequence
         answer_ids.append([list(ids) for ids in flat_ids[start : start + len(group)]])
         start += len(group)
     return EncodedQuestions([list(q) for q in question_ids], answer_ids)
-
-
-def collate_questions(question_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest: input_ids [B, Q] and attention_mask [B, Q]."""
-    width = max(len(q) for q in question_ids)
-    ids = torch.full((len(question_ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(question_ids), width), dtype=torch.long)
-    for row, q in enumerate(question_ids):
-        ids[row, : len(q)] = torch.tensor(q, dtype=torch.long)
-        mask[row, : len(q)] = 1
-    return ids, mask
 
 
 @dataclass

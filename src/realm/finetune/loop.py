@@ -31,18 +31,21 @@ from realm.corpus import BlockStore
 from realm.distributed import DistributedContext, init_distributed, rank_device
 from realm.eval import QAExample, read_qa_jsonl
 from realm.eval.evaluate import evaluate
+from realm.finetune.config import FinetuneConfig
+from realm.finetune.step import OpenQAFinetuner, encode_questions
 from realm.index import open_index
 from realm.index.build import check_index
+from realm.inputs import collate_questions
+from realm.modeling.openqa import load_towers
 from realm.pipeline import Pipeline
 from realm.tokenization import RealmTokenizerFast
-from realm.train.config import FinetuneConfig
-from realm.train.finetune import OpenQAFinetuner, collate_questions, encode_questions
+from realm.train.metrics import METRICS_NAME, MetricsLog
+from realm.train.optim import build_optimizer, linear_schedule
 from realm.train.state import (
     BEST_DIR,
     LAST_DIR,
     gather_rng_states,
     global_batch_indices,
-    load_towers,
     load_training_checkpoint,
     process_slice,
     restore_rng,
@@ -54,7 +57,6 @@ from realm.train.state import (
 
 logger = logging.getLogger(__name__)
 
-METRICS_NAME = "metrics.jsonl"
 RECALL_KS = (1, 5, 20, 100)
 # Changing these changes which questions later steps read: a resumed run must keep them.
 DATA_ORDER_KEYS = ("seed", "train")
@@ -248,27 +250,9 @@ def _read_train(path: str) -> list[QAExample]:
     return examples
 
 
-def build_optimizer(model: torch.nn.Module, config: Any) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters (config: lr, weight_decay, adam_eps); as BERT's optimizer, no
-    weight decay on biases and LayerNorm weights."""
-    decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            skip = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
-            (no_decay if skip else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, eps=config.adam_eps)
-
-
-def linear_schedule(warmup: int, total: int) -> Any:
-    """Learning-rate factor at a step: linear warm-up to 1, then linear decay to 0 at `total`."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _rank(score: dict[str, Any]) -> tuple[float, float]:
@@ -325,57 +309,3 @@ def _save_last(
             trainer_state,
         )  # fmt: skip
     context.barrier()
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-class MetricsLog:
-    """`metrics.jsonl` rows (and TensorBoard scalars when `tensorboard` is installed), main process only.
-
-    On resume, rows after the checkpoint's step (written before the kill, the last one perhaps cut short)
-    are dropped first, so the file reads as one uninterrupted run.
-    """
-
-    def __init__(self, output_dir: Path, step: int, enabled: bool) -> None:
-        self.enabled = enabled
-        self.writer = None
-        if not enabled:
-            return
-        path = _mkdir(output_dir) / METRICS_NAME
-        if path.exists():
-            kept = [line for line in path.read_text().splitlines() if step and _row_step(line) <= step]
-            path.write_text("".join(line + "\n" for line in kept))
-        self.file = open(path, "a", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=step or None)
-        except ImportError:
-            logger.info("TensorBoard logging is off (pip install tensorboard to turn it on)")
-
-    def write(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
-        if self.writer is not None:
-            for key, value in row.items():
-                if key not in ("kind", "step") and isinstance(value, int | float) and not isinstance(value, bool):
-                    self.writer.add_scalar(f"{row['kind']}/{key}", value, row["step"])
-
-    def close(self) -> None:
-        if self.enabled:
-            self.file.close()
-            if self.writer is not None:
-                self.writer.close()
-
-
-def _row_step(line: str) -> float:
-    """A metrics row's step; infinity for a line a kill cut short (dropped on resume)."""
-    try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return math.inf
