@@ -46,6 +46,7 @@ from realm.objectives import IGNORE_INDEX
 from realm.pretrain import PretrainConfig, RealmPretrainer, pretrain
 from realm.pretrain.examples import ExampleGenerator, collate_masked
 from realm.pretrain.masking import MaskingConfig
+from realm.qa import search_blocks
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 SYLLABLES = "zor quex blar vim trel osk pran gul fex dro kiv nam sul wep yad mox".split()
@@ -196,7 +197,9 @@ def port_style_step(model: RealmPretrainer, batch: dict[str, torch.Tensor]) -> t
     query = model.query_embedder(
         ids, attention_mask=attention, token_type_ids=torch.zeros_like(ids)
     ).projected_score
-    candidates = model.retrieve(query.detach(), batch["source_block"].tolist())
+    candidates, _ = search_blocks(
+        model.index, query, model.num_candidates, exclude=batch["source_block"].tolist(), null_block=True
+    )
     blocks = model.embed_candidates(candidates, device)
     relevance = torch.einsum("bd,bcd->bc", query.float(), blocks.float())
     sentences = [row[m.bool()].tolist() for row, m in zip(ids, attention, strict=True)]

@@ -22,6 +22,7 @@ from realm.index.build import IndexBuildConfig, build_index
 from realm.objectives import IGNORE_INDEX, marginal_mlm_loss, marginal_mlm_loss_per_sequence
 from realm.pretrain import PretrainConfig, RealmPretrainer, pretrain
 from realm.pretrain.refresh import RefreshFiles
+from realm.qa import search_blocks
 from realm.train.state import LAST_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,7 +225,7 @@ def test_candidates_put_the_null_block_first_and_never_the_source(corpus) -> Non
     for start in range(0, len(store), 8):
         ids = list(range(start, min(start + 8, len(store))))
         # Queries equal to the source's own embedding: the source is the best hit and must be dropped.
-        candidates = model.retrieve(torch.from_numpy(embeddings[ids]), ids)
+        candidates, _ = search_blocks(model.index, torch.from_numpy(embeddings[ids]), 5, exclude=ids, null_block=True)
         assert candidates.shape == (len(ids), 5)
         assert (candidates[:, 0] == -1).all() and (candidates[:, 1:] >= 0).all()
         for row, source in zip(candidates.tolist(), ids, strict=True):

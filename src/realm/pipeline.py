@@ -19,10 +19,12 @@ import torch
 from realm.config import RealmConfig
 from realm.corpus import BlockStore
 from realm.index import Index, open_index
+from realm.index.base import check_index_size
 from realm.modeling.checkpoint import resolve_weights
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.reader import RealmReader
-from realm.retrieval import RealmRetriever, stack_reader_inputs
+from realm.qa import Retrieval, read, retrieve
+from realm.retrieval import RealmRetriever
 from realm.tokenization import RealmTokenizerFast
 
 
@@ -33,19 +35,12 @@ class Evidence:
     block_id: int
     title: str
     text: str
-    retrieval_score: float  # inner product of question and block embeddings (the retrieval logit)
+    retrieval_score: float  # the retrieval logit: inner product of question and block embeddings
     retrieval_probability: float  # softmax of the retrieval logits over the K blocks read
     span_text: str
     span_start: int  # character offsets of the best span in `text` (end exclusive)
     span_end: int
     span_score: float  # joint score: span logit + retrieval logit
-
-
-@dataclass
-class Retrieved:
-    question_ids: torch.Tensor  # [B, Q] the questions' token ids (padded)
-    scores: torch.Tensor  # [B, K] retrieval logits, best first
-    block_ids: torch.Tensor  # [B, K]
 
 
 @dataclass
@@ -82,11 +77,7 @@ class Pipeline:
         k: int = 5,
         max_question_length: int = 64,
     ) -> None:
-        if len(index) != len(store):
-            raise ValueError(
-                f"the index has {len(index):,} blocks but the store has {len(store):,}; rebuild the index "
-                "from this store (realm index build)"
-            )
+        check_index_size(len(index), len(store), rebuild=f"realm index build --store {store.path} --embedder <embedder> --out <index>")
         self.embedder = embedder.eval()
         self.reader = reader.eval()
         self.store = store
@@ -141,42 +132,38 @@ class Pipeline:
         return self.read(questions, retrieved, k)
 
     @torch.inference_mode()
-    def retrieve(self, questions: list[str], k: int) -> Retrieved:
-        """Embed the questions and search the index: the top-k block ids and scores of each."""
+    def retrieve(self, questions: list[str], k: int) -> Retrieval:
+        """Embed the questions and search the index: the top-k block ids and retrieval logits of each."""
         if any(not isinstance(q, str) or not q.strip() for q in questions):
             raise ValueError("questions must be non-empty strings")
         encoded = self.tokenizer(
             questions, padding=True, truncation=True, max_length=self.max_question_length, return_tensors="pt"
         ).to(self.device)
-        query = self.embedder(**encoded).projected_score  # [B, D]
-        scores, block_ids = self.index.search(query, min(k, len(self.store)))  # [B, K], [B, K]
-        return Retrieved(encoded["input_ids"].cpu(), scores, block_ids)
+        return retrieve(
+            self.embedder, self.index, encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"],
+            k=min(k, len(self.store)), texts=questions,
+        )  # fmt: skip
 
     @torch.inference_mode()
-    def read(self, questions: list[str], retrieved: Retrieved, k: int | None = None) -> list[Answer]:
+    def read(self, questions: list[str], retrieved: Retrieval, k: int | None = None) -> list[Answer]:
         """Read the first k (default `self.k`) retrieved blocks of every question in one reader call."""
         k = min(k or self.k, retrieved.block_ids.shape[1])
-        scores, block_ids = retrieved.scores[:, :k], retrieved.block_ids[:, :k]  # [B, K]
-        batch = len(questions)
-        inputs = [
-            self.retriever(block_ids[b].cpu(), retrieved.question_ids[b : b + 1], max_length=self.reader.config.reader_seq_len)[3]
-            for b in range(batch)
-        ]
-        stacked = stack_reader_inputs(inputs, self.tokenizer.pad_token_id, self.device)  # each [B, K, T]
-        token_type_ids, attention_mask, block_mask = (
-            stacked["token_type_ids"], stacked["attention_mask"], stacked["block_mask"]
-        )
-        hidden = self.reader.encode_blocks(stacked["input_ids"], attention_mask, token_type_ids)  # [B, K, T, H]
-
+        logits, block_ids = retrieved.retrieval_logits[:, :k], retrieved.block_ids[:, :k]  # [B, K]
+        reading = read(
+            self.reader, self.retriever, block_ids, retrieved.question_ids[:, None], logits,
+            max_length=self.reader.config.reader_seq_len,
+        )  # fmt: skip
+        token_type_ids, attention_mask = reading.inputs["token_type_ids"], reading.inputs["attention_mask"]  # [B, K, T]
         answers = []
         for b, question in enumerate(questions):
-            logits, starts, ends = self.reader.span_scores(hidden[b], scores[b].to(hidden.dtype), block_mask[b])  # [K, N]
-            best_per_block, best_span = logits.float().max(dim=1)  # [K], [K]
+            spans = reading.spans[b]
+            best_per_block, best_span = spans.logits.float().max(dim=1)  # [K], [K]
             # Question tokens in each row (truncation may shorten the question more for a longer block).
             question_lens = ((token_type_ids[b] == 0) & attention_mask[b].bool()).sum(dim=1) - 2  # [K]
             evidence = self._evidence(
-                block_ids[b].tolist(), scores[b].float(), best_per_block, starts[best_span], ends[best_span], question_lens
-            )
+                block_ids[b].tolist(), logits[b].float(), best_per_block, spans.starts[best_span],
+                spans.ends[best_span], question_lens,
+            )  # fmt: skip
             top = int(best_per_block.argmax())
             answers.append(Answer(question, evidence[top].span_text, evidence[top].span_score, evidence[top].block_id, evidence))
         return answers
@@ -184,7 +171,7 @@ class Pipeline:
     def _evidence(
         self,
         block_ids: list[int],
-        scores: torch.Tensor,
+        retrieval_logits: torch.Tensor,
         span_scores: torch.Tensor,
         starts: torch.Tensor,
         ends: torch.Tensor,
@@ -193,7 +180,7 @@ class Pipeline:
         """Blocks read -> `Evidence`, mapping each best span from reader positions to block characters."""
         texts, titles = self.store.texts(block_ids), self.store.titles(block_ids)
         offsets = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        probabilities = scores.softmax(dim=0)
+        probabilities = retrieval_logits.softmax(dim=0)
         evidence = []
         for i, block_id in enumerate(block_ids):
             # Reader position p holds block token p - (question_len + 2): after [CLS] question [SEP].
@@ -208,7 +195,7 @@ class Pipeline:
                     block_id=block_id,
                     title=titles[i],
                     text=texts[i],
-                    retrieval_score=float(scores[i]),
+                    retrieval_score=float(retrieval_logits[i]),
                     retrieval_probability=float(probabilities[i]),
                     span_text=texts[i][start:end],
                     span_start=start,

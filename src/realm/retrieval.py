@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -62,6 +62,23 @@ def clean_answer_ids(answer_ids: Any) -> AnswerIds:
     return [a for a in answers if a]
 
 
+class ReaderInputs(NamedTuple):
+    """What `RealmRetriever` returns for one question: a tuple, as the port's, whose parts have names.
+
+    Attributes:
+        has_answers: [K] block k contains an answer (None without answers).
+        start_pos, end_pos: [K, A] the answers' first and last (inclusive) positions, -1 padded (None
+            without answers).
+        concat_inputs: the encoded (question, block) pairs: `input_ids`, `token_type_ids`, `attention_mask`,
+            `special_tokens_mask`, each [K, T].
+    """
+
+    has_answers: list[bool] | None
+    start_pos: list[list[int]] | None
+    end_pos: list[list[int]] | None
+    concat_inputs: BatchEncoding
+
+
 class RealmRetriever:
     """Build reader inputs for retrieved blocks.
 
@@ -93,7 +110,7 @@ class RealmRetriever:
         answer_ids: Any = None,
         max_length: int | None = None,
         return_tensors: str = "pt",
-    ) -> tuple[list[bool] | None, list[list[int]] | None, list[list[int]] | None, BatchEncoding]:
+    ) -> ReaderInputs:
         """Encode (question, block) pairs for the retrieved blocks and locate the answers.
 
         Args:
@@ -102,8 +119,8 @@ class RealmRetriever:
             answer_ids: the question's answers, each a list of token ids without special tokens.
             max_length: truncate each pair to this many tokens (RealmForOpenQA uses reader_seq_len).
         Returns:
-            has_answers [K], start_pos [K, A], end_pos [K, A] (-1 padded; None without answers) and the
-            encoded pairs (`input_ids`, `token_type_ids`, `attention_mask`, `special_tokens_mask`, [K, L]).
+            `ReaderInputs(has_answers [K], start_pos [K, A], end_pos [K, A], concat_inputs)`: a tuple, as the
+            port's (-1 padded; None without answers), with named parts.
         """
         ids = np.atleast_1d(np.asarray(torch.as_tensor(retrieved_block_ids).cpu()))
         if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
@@ -126,8 +143,8 @@ class RealmRetriever:
             )
         concat.convert_to_tensors(return_tensors)
         if answer_ids is None:
-            return None, None, None, concat
-        return (*self.block_has_answer(concat, clean_answer_ids(answer_ids)), concat)
+            return ReaderInputs(None, None, None, concat)
+        return ReaderInputs(*self.block_has_answer(concat, clean_answer_ids(answer_ids)), concat)
 
     def _encode_from_store(self, ids: list[int], question_ids: list[int], max_length: int | None) -> BatchEncoding:
         """The port's (question, block) encoding, from ids: special tokens are dropped from the question as its

@@ -33,9 +33,11 @@ from realm.corpus import BlockStore
 from realm.distributed import freeze_unused
 from realm.finetune.answers import NO_TOKEN, answers_in_blocks
 from realm.index import Index
+from realm.index.base import check_index_size
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.reader import RealmReader
-from realm.retrieval import RealmRetriever, stack_reader_inputs
+from realm.qa import read, retrieve
+from realm.retrieval import RealmRetriever
 
 # Parameters no fine-tuning forward uses: the MLM heads the released checkpoints carry, and the reader's
 # [CLS] pooler. They are frozen (and saved unchanged) so that DistributedDataParallel sees every
@@ -114,11 +116,7 @@ class OpenQAFinetuner(nn.Module):
         reader_seq_len: int,
     ) -> None:
         super().__init__()
-        if len(index) != len(store):
-            raise ValueError(
-                f"the index has {len(index):,} blocks but the store has {len(store):,}; rebuild it from this "
-                "store with: realm index build"
-            )
+        check_index_size(len(index), len(store))
         self.embedder = embedder
         self.reader = reader
         self.store = store
@@ -141,59 +139,29 @@ class OpenQAFinetuner(nn.Module):
         batch = input_ids.shape[0]
         device = self.reader.device
 
-        # Retrieve.
-        query = self.embedder(
-            input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)
-        ).projected_score  # [B, D]
+        # Retrieve: the frozen index chooses K blocks; their logits q . e_k are differentiable in q only.
         k = min(self.searcher_beam_size, len(self.index))
-        with torch.no_grad():
-            block_ids = self.index.search(query.detach().float(), k).ids.cpu()  # [B, K]
-        if bool((block_ids < 0).any()):
-            raise RuntimeError(
-                f"the index found fewer than {k} blocks for a question (an approximate index with a small "
-                "nprobe?); lower searcher_beam_size or search more of the index"
-            )
-        retrieved = self.index.reconstruct(block_ids).to(device)  # [B, K, D], frozen
-        with torch.autocast(device.type, enabled=False):
-            relevance = torch.einsum("bd,bkd->bk", query.float(), retrieved)  # [B, K], gradient into q only
+        retrieved = retrieve(
+            self.embedder, self.index, input_ids, attention_mask, k=k,
+            embed_blocks=lambda ids: self.index.reconstruct(ids).to(device),
+        )  # fmt: skip
+        block_ids = retrieved.block_ids  # [B, K]
 
-        # Label all K blocks; build reader inputs and gold spans for the R read.
+        # Label all K blocks from their stored ids; reader inputs and gold spans are built for the R read only.
         r = min(self.reader_beam_size, k)
-        questions = input_ids.cpu()
-        has_answers, starts, ends, encoded = [], [], [], []
+        questions = [row[mask.bool()].tolist() for row, mask in zip(input_ids.cpu(), attention_mask.cpu(), strict=True)]
+        has_answers = []
         for b in range(batch):
-            ids = block_ids[b].numpy()
-            tokens, lengths = self.store.token_ids_array(ids, pad_id=NO_TOKEN)  # [K, L], [K]
-            question = questions[b][attention_mask[b].cpu().bool()].tolist()
+            tokens, lengths = self.store.token_ids_array(block_ids[b].numpy(), pad_id=NO_TOKEN)  # [K, L], [K]
             has_answers.append(
-                answers_in_blocks(self.tokenizer, question, tokens, lengths, answer_ids[b], self.reader_seq_len)
+                answers_in_blocks(self.tokenizer, questions[b], tokens, lengths, answer_ids[b], self.reader_seq_len)
             )
-            _, gold_starts, gold_ends, concat = self.retriever(
-                ids[:r], [question], answer_ids[b], max_length=self.reader_seq_len
-            )
-            starts.append(gold_starts)
-            ends.append(gold_ends)
-            encoded.append(concat)
-        inputs = stack_reader_inputs(encoded, self.tokenizer.pad_token_id, device)  # each [B, R, T]
-        block_mask = inputs["block_mask"]  # [B, R, T]
 
-        # Read.
-        hidden = self.reader.encode_blocks(
-            inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]
-        )  # [B, R, T, H]
-
-        # Marginalise.
-        outputs = [
-            self.reader.read(
-                hidden[b],
-                relevance[b],
-                block_mask[b],
-                start_positions=torch.tensor(starts[b], dtype=torch.long, device=device),  # [R, A]
-                end_positions=torch.tensor(ends[b], dtype=torch.long, device=device),  # [R, A]
-                has_answers=torch.from_numpy(has_answers[b]).to(device),
-            )
-            for b in range(batch)
-        ]
+        # Read and marginalise.
+        outputs = read(
+            self.reader, self.retriever, block_ids[:, :r], [[q] for q in questions], retrieved.retrieval_logits,
+            max_length=self.reader_seq_len, answer_ids=answer_ids, has_answers=has_answers,
+        ).outputs  # fmt: skip
         retriever_loss = torch.stack([o.retriever_loss for o in outputs]).float()  # [B]
         reader_loss = torch.stack([o.reader_loss for o in outputs]).float()  # [B]
         return FinetuneOutput(

@@ -2,7 +2,7 @@
 
 # B queries, N stored vectors, D dim, K hits per query (K = min(k, N))
 
-Contract of `Index.search(queries [B, D], k) -> SearchResult(scores [B, K], ids [B, K])`:
+Contract of `Index.search(queries [B, D], k, texts=None) -> SearchResult(scores [B, K], ids [B, K])`:
 
 - scores are inner products in float32, best first; ids are int64 row numbers of the embeddings matrix;
 - K = min(k, N): asking for more hits than there are vectors returns all of them (k must be >= 1);
@@ -13,7 +13,12 @@ Contract of `Index.search(queries [B, D], k) -> SearchResult(scores [B, K], ids 
   kernel rounds them differently (e.g. a row in a vectorised block and a row in the tail); integer-valued
   embeddings, whose products are exact, tie exactly;
 - approximate indexes (IVF with a small `nprobe`) may find fewer than K vectors for a query: the missing
-  slots hold id -1 and score -inf, after every real hit.
+  slots hold id -1 and score -inf, after every real hit;
+- `texts` are the queries' strings (one per row, or None when the caller has none). Dense indexes ignore
+  them; an index that also scores text (a sparse BM25 or a hybrid dense + sparse index) uses them, and
+  raises a ValueError naming the fix when it needs them and gets None. Every caller searches through
+  `realm.qa.search_blocks` (the one call site of `Index.search` in the package), which hands the questions'
+  strings on whenever it has them, so such an index plugs in with no other change.
 
 The embeddings must be finite: NaN scores have no defined order.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -29,6 +35,7 @@ import torch
 from torch import Tensor
 
 MISSING_ID = -1
+REBUILD_COMMAND = "realm index build --store <store> --embedder <embedder> --out <index>"
 
 
 class SearchResult(NamedTuple):
@@ -51,12 +58,13 @@ class Index(ABC):
         """N, the number of stored vectors (ids are 0..N-1)."""
 
     @abstractmethod
-    def search(self, queries: Tensor, k: int) -> SearchResult:
+    def search(self, queries: Tensor, k: int, texts: Sequence[str] | None = None) -> SearchResult:
         """The k best vectors of each query by inner product.
 
         Args:
             queries: [B, D] floating tensor on any device.
             k: hits wanted per query (>= 1); clamped to N.
+            texts: the B queries' strings, for indexes that score text; dense indexes ignore them.
         Returns:
             SearchResult(scores [B, min(k, N)] float32, ids [B, min(k, N)] int64) on the queries' device.
         """
@@ -72,6 +80,21 @@ class Index(ABC):
 
 # ---------------------------------------------------------------------------------------------------------
 # Argument checks shared by the implementations.
+
+
+def check_index_size(index_count: int, store_count: int, *, name: str = "the index", rebuild: str = REBUILD_COMMAND) -> None:
+    """The one size check of an index against the blocks it is searched for: one vector per block.
+
+    Args:
+        index_count: vectors in the index; store_count: blocks in the store (or retriever) it serves.
+        name: how to call the index in the message (e.g. its directory).
+        rebuild: the command that rebuilds it, with what is known of its arguments filled in.
+    """
+    if index_count != store_count:
+        raise ValueError(
+            f"{name} has {index_count:,} blocks but the store has {store_count:,}; rebuild it with: {rebuild} "
+            "(an index built from another corpus does not fit)"
+        )
 
 
 def check_queries(queries: Tensor, dim: int) -> Tensor:

@@ -29,6 +29,7 @@ import torch
 
 from realm.atomic import atomic_save_npy, atomic_write_text
 from realm.distributed import DistributedContext, rank_device
+from realm.index.base import check_index_size
 from realm.index.embeddings import (
     EMBEDDINGS_NAME,
     IndexManifest,
@@ -116,10 +117,7 @@ def check_index(
         f"realm index build --store {store_dir or '<store>'} --embedder {embedder_path or '<embedder>'} "
         f"--out {index_dir}"
     )
-    if manifest.count != len(store):
-        raise ValueError(
-            f"{index_dir} has {manifest.count:,} blocks but the store has {len(store):,}; rebuild it with: {rebuild}"
-        )
+    check_index_size(manifest.count, len(store), name=str(index_dir), rebuild=rebuild)
     built_from = manifest.extra.get("store_fingerprint")
     fingerprint = getattr(store, "fingerprint", None)
     if built_from is not None and fingerprint is not None and built_from != fingerprint:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -140,7 +140,7 @@ class ExactIndex(Index):
     # -----------------------------------------------------------------------------------------------------
     # Search.
 
-    def search(self, queries: Tensor, k: int) -> SearchResult:
+    def search(self, queries: Tensor, k: int, texts: Sequence[str] | None = None) -> SearchResult:
         """Exact top-k by inner product; see `Index.search`. Ties: lower id first."""
         queries = check_queries(queries, self.dim)
         k = check_k(k, len(self))

@@ -25,6 +25,7 @@ with a small `nprobe`): missing slots are (-inf, -1), last.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +204,7 @@ class FaissIndex(Index):
     def ef_search(self, value: int) -> None:
         self.set_params(efSearch=value)
 
-    def search(self, queries: Tensor, k: int) -> SearchResult:
+    def search(self, queries: Tensor, k: int, texts: Sequence[str] | None = None) -> SearchResult:
         """Top-k by inner product as FAISS finds it (exact for "Flat"); see `Index.search`.
 
         With `rerank=R` the index proposes max(k, R) candidates whose scores are recomputed exactly

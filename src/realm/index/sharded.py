@@ -25,6 +25,7 @@ happens on the backend's device; results are on the queries' device.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +171,7 @@ class ShardedIndex(Index):
     # -----------------------------------------------------------------------------------------------------
     # Search (collective).
 
-    def search(self, queries: Tensor, k: int) -> SearchResult:
+    def search(self, queries: Tensor, k: int, texts: Sequence[str] | None = None) -> SearchResult:
         """Collective exact top-k; see the module doc and `Index.search`."""
         error: Exception | None = None
         try:

@@ -13,14 +13,15 @@ from typing import Any
 import torch
 
 from realm.config import RealmConfig
-from realm.index.base import Index
+from realm.index.base import Index, check_index_size
 from realm.index.exact import ExactIndex
 from realm.modeling.checkpoint import resolve_weights
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.outputs import RealmForOpenQAOutput, RealmReaderOutput
 from realm.modeling.pretrained import RealmPreTrainedModel
 from realm.modeling.reader import RealmReader
-from realm.retrieval import RealmRetriever, stack_reader_inputs
+from realm.qa import read, retrieve
+from realm.retrieval import RealmRetriever
 
 
 class RealmForOpenQA(RealmPreTrainedModel):
@@ -86,50 +87,23 @@ class RealmForOpenQA(RealmPreTrainedModel):
             )
         batch = input_ids.shape[0]
         answers = _answers_per_question(answer_ids, batch)
-
-        # Embed the questions.
-        query = self.embedder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).projected_score  # [B, D]
+        searcher = self.searcher
+        check_index_size(len(searcher), len(self.retriever))
 
         # Retrieve: MIPS over every block, then differentiable retrieval logits of the top K.
-        searcher = self.searcher
-        if len(searcher) != len(self.retriever):
-            raise ValueError(
-                f"the index has {len(searcher):,} blocks but the retriever has {len(self.retriever):,}; "
-                "rebuild the index from the retriever's block store (realm index build)"
-            )
-        with torch.no_grad():
-            block_ids = searcher.search(query.detach(), self.searcher_beam_size).ids  # [B, K]
-        retrieved_emb = searcher.reconstruct(block_ids).to(query.device)  # [B, K, D]
-        relevance = torch.einsum("bd,bkd->bk", query, retrieved_emb)  # [B, K], gradient into the query tower
+        retrieved = retrieve(
+            self.embedder, searcher, input_ids, attention_mask, token_type_ids, k=self.searcher_beam_size,
+            embed_blocks=searcher.reconstruct,
+        )  # fmt: skip
+        block_ids = retrieved.block_ids  # [B, K]
 
-        # Build (question, block) reader inputs and locate the answers in them.
-        encoded = [
-            self.retriever(
-                block_ids[b].cpu(),
-                input_ids[b : b + 1],
-                None if answers is None else answers[b],
-                max_length=self.config.reader_seq_len,
-            )
-            for b in range(batch)
-        ]
-        concat = stack_reader_inputs([e[3] for e in encoded], self.retriever.tokenizer.pad_token_id, self.reader.device)
-        block_mask = concat["block_mask"]  # [B, K, T]
-
-        # Read the top R blocks of every question in one trunk call.
-        r = min(self.config.reader_beam_size, block_ids.shape[1])
-        hidden = self.reader.encode_blocks(
-            concat["input_ids"][:, :r], concat["attention_mask"][:, :r], concat["token_type_ids"][:, :r]
-        )  # [B, R, T, H]
-        outputs = []
-        for b, (has_answers, starts, ends, _) in enumerate(encoded):
-            labels = {}
-            if has_answers is not None:
-                labels = dict(
-                    has_answers=torch.tensor(has_answers, dtype=torch.bool, device=self.reader.device),
-                    start_positions=torch.tensor(starts, dtype=torch.long, device=self.reader.device),
-                    end_positions=torch.tensor(ends, dtype=torch.long, device=self.reader.device),
-                )
-            outputs.append(self.reader.read(hidden[b], relevance[b], block_mask[b], **labels))
+        # Read the top R blocks of every question in one trunk call; reader inputs (and the answers' positions)
+        # for all K blocks, as the port, so that the retriever loss's positives are its own.
+        reading = read(
+            self.reader, self.retriever, block_ids, input_ids[:, None], retrieved.retrieval_logits,
+            max_length=self.config.reader_seq_len, answer_ids=answers, num_read=self.config.reader_beam_size,
+        )  # fmt: skip
+        outputs, concat = reading.outputs, reading.inputs
 
         # Decode: the predicted span's WordPiece ids inside its block (inclusive end).
         predicted = [
@@ -137,11 +111,10 @@ class RealmForOpenQA(RealmPreTrainedModel):
             for b, out in enumerate(outputs)
         ]
         if batch == 1:
-            result = RealmForOpenQAOutput(outputs[0], predicted[0], block_ids[0])
+            result = RealmForOpenQAOutput(outputs[0], predicted[0], block_ids[0].to(input_ids.device))
         else:
-            result = RealmForOpenQAOutput(_stack_reader_outputs(outputs), predicted, block_ids)
+            result = RealmForOpenQAOutput(_stack_reader_outputs(outputs), predicted, block_ids.to(input_ids.device))
         return result.to_tuple() if return_dict is False else result
-
 
 
 def save_openqa(directory: Path, embedder: RealmEmbedder, reader: RealmReader, config: RealmConfig) -> None:

@@ -133,6 +133,25 @@ class RealmReader(RealmPreTrainedModel):
             )
         # Read.
         reader_logits, starts, ends = self.span_scores(hidden, relevance_score, block_mask)  # [R, N], [N], [N]
+        return self.score_spans(reader_logits, starts, ends, t, relevance_score, start_positions, end_positions, has_answers)
+
+    def score_spans(
+        self,
+        reader_logits: torch.Tensor,
+        starts: torch.Tensor,
+        ends: torch.Tensor,
+        seq_len: int,
+        relevance_score: torch.Tensor,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        has_answers: torch.Tensor | None = None,
+    ) -> RealmReaderOutput:
+        """The prediction and losses from joint span scores (`span_scores`' output).
+
+        Args:
+            reader_logits: [R, N]; starts, ends: [N]; seq_len: T. Others: as in `forward`.
+        """
+        r, t = reader_logits.shape[0], seq_len
         block_idx = reader_logits.max(dim=1).values.argmax()  # []
         candidate = reader_logits.max(dim=0).values.argmax()  # []
         out = RealmReaderOutput(
@@ -145,9 +164,10 @@ class RealmReader(RealmPreTrainedModel):
             return out
         # Marginalise.
         # Positions outside [-1, T] are clamped to values no span candidate has, as in the port.
-        gold_starts = torch.as_tensor(start_positions, device=hidden.device).clamp(-1, t)[:r]  # [R, A]
-        gold_ends = torch.as_tensor(end_positions, device=hidden.device).clamp(-1, t)[:r]  # [R, A]
-        has_answers = torch.as_tensor(has_answers, device=hidden.device).bool()  # [K]
+        device = reader_logits.device
+        gold_starts = torch.as_tensor(start_positions, device=device).clamp(-1, t)[:r]  # [R, A]
+        gold_ends = torch.as_tensor(end_positions, device=device).clamp(-1, t)[:r]  # [R, A]
+        has_answers = torch.as_tensor(has_answers, device=device).bool()  # [K]
         reader_correct = correct_spans(starts, ends, gold_starts, gold_ends)  # [R, N]
         retriever_loss, reader_loss = reader_losses(relevance_score, reader_logits, has_answers, reader_correct)
         out.loss = (retriever_loss + reader_loss).mean()

@@ -8,7 +8,7 @@ For a batch of masked sentences x (salient spans replaced by [MASK]):
                 the null block (empty title and text) put first; C = num_candidates candidates in all.
     Re-embed.   the C candidates with the document tower WITH gradient: the index only selects blocks,
                 the scores are fresh, so the document tower learns even though the index is stale.
-                relevance = q . Embed_doc(z)                                      [B, C]
+                retrieval_logits = q . Embed_doc(z)                               [B, C]
     Read.       the knowledge-augmented encoder over `[CLS] x [SEP] z.text [SEP]` (the original drops the
                 block's title here) -> MLM logits at the masked positions          [B, C, M, V]
     Marginalise. per masked token (the released code's loss, the default) or per sentence (the paper's
@@ -39,6 +39,7 @@ from torch import nn
 from realm.corpus import BlockStore
 from realm.distributed import freeze_unused
 from realm.index import Index
+from realm.index.base import check_index_size
 from realm.inputs import block_inputs, pad_sequences
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.knowledge_encoder import RealmKnowledgeAugEncoder
@@ -48,6 +49,7 @@ from realm.objectives import (
     marginal_mlm_loss,
     marginal_mlm_loss_per_sequence,
 )
+from realm.qa import retrieve
 
 LOSSES = ("per_token", "per_sequence")
 
@@ -155,11 +157,7 @@ class RealmPretrainer(nn.Module):
 
     def set_index(self, index: Index) -> None:
         """Search `index` from the next forward on (it must hold one vector per block of the store)."""
-        if len(index) != len(self.store):
-            raise ValueError(
-                f"the index has {len(index):,} blocks but the store has {len(self.store):,}: it was built from "
-                "another corpus"
-            )
+        check_index_size(len(index), len(self.store))
         self.index = index
 
     def forward(
@@ -181,20 +179,13 @@ class RealmPretrainer(nn.Module):
             raise RuntimeError("no index: call set_index(...) before the first step")
         device = input_ids.device
 
-        # Embed.
-        query = self.query_embedder(
-            input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)
-        ).projected_score  # [B, D]
-
-        # Retrieve.
-        with self._timed("search"):
-            candidate_ids = self.retrieve(query.detach(), source_block.tolist())  # [B, C], -1 = null
-
-        # Re-embed.
-        with self._timed("reembed"):
-            blocks = self.embed_candidates(candidate_ids, device)  # [B, C, D]
-        with torch.autocast(device.type, enabled=False):
-            relevance = torch.einsum("bd,bcd->bc", query.float(), blocks.float())  # [B, C]
+        # Embed, retrieve (the null block first, the source block never), re-embed: the index only selects.
+        retrieved = retrieve(
+            self.query_embedder, self.index, input_ids, attention_mask, k=self.num_candidates,
+            exclude=source_block.tolist(), null_block=True,
+            embed_blocks=lambda ids: self.embed_candidates(ids, device), timer=self._timed,
+        )  # fmt: skip
+        candidate_ids, retrieval_logits = retrieved.block_ids, retrieved.retrieval_logits  # [B, C], -1 = null
 
         # Read.
         sentences = [row[mask.bool()].tolist() for row, mask in zip(input_ids.cpu(), attention_mask.cpu(), strict=True)]
@@ -206,32 +197,14 @@ class RealmPretrainer(nn.Module):
 
         # Marginalise.
         if self.loss_kind == "per_token":
-            loss = marginal_mlm_loss(logits, masked_labels, relevance, mlm_mask)
+            loss = marginal_mlm_loss(logits, masked_labels, retrieval_logits, mlm_mask)
         else:
-            loss = marginal_mlm_loss_per_sequence(logits, masked_labels, relevance, mlm_mask)
+            loss = marginal_mlm_loss_per_sequence(logits, masked_labels, retrieval_logits, mlm_mask)
         with torch.no_grad():
-            stats = _statistics(logits.detach(), masked_labels, relevance.detach(), mlm_mask)
+            stats = _statistics(logits.detach(), masked_labels, retrieval_logits.detach(), mlm_mask)
         return PretrainOutput(loss=loss, candidate_ids=candidate_ids, **stats)
 
     # -- the parts ---------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def retrieve(self, query: torch.Tensor, sources: Sequence[int]) -> torch.Tensor:
-        """[B, C] candidate ids: -1 (the null block), then the top C - 1 blocks that are not the source."""
-        assert self.index is not None
-        if self.num_candidates == 1:
-            return torch.full((len(sources), 1), -1, dtype=torch.long)
-        found = self.index.search(query.float(), self.num_candidates).ids.cpu()  # [B, C]
-        rows = []
-        for ids, source in zip(found.tolist(), sources, strict=True):
-            kept = [i for i in ids if i != source and i >= 0][: self.num_candidates - 1]
-            if len(kept) < self.num_candidates - 1:
-                raise RuntimeError(
-                    f"the index returned {len(kept)} usable blocks for a query, fewer than num_candidates - 1 "
-                    f"= {self.num_candidates - 1} (an approximate index searching too little?)"
-                )
-            rows.append([-1, *kept])
-        return torch.tensor(rows, dtype=torch.long)
 
     def embed_candidates(self, candidate_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
         """[B, C, D] document-tower embeddings of the candidates, as the index builder feeds blocks."""

@@ -258,7 +258,7 @@ def create_app(
         results = []
         for b, question in enumerate(questions):
             ids = retrieved.block_ids[b].tolist()
-            scores = retrieved.scores[b].float()
+            scores = retrieved.retrieval_logits[b].float()
             probabilities = torch.softmax(scores, dim=0).tolist()
             titles, texts = pipeline.store.titles(ids), pipeline.store.texts(ids)
             blocks = [
