@@ -1,7 +1,12 @@
-"""The paper's objectives as pure functions.
+"""The paper's quantities as pure functions: the marginal likelihoods of pre-training and fine-tuning, the
+retrieval utility, and ICT's in-batch softmax loss.
 
-Shapes: B batch, C candidate blocks, T tokens, V vocab, K retrieved blocks, R blocks read, N span candidates,
-A gold answers per block.
+Every retrieval-augmented loss here takes `retrieval_logits` [B, C] (or [K]): the relevance f(x, z) = q . e_z
+of each candidate, whose softmax over the candidates is p(z | x). In pre-training candidate 0 is the null
+block (`realm.qa.search_blocks` puts it first), so p(y | null, x) is the encoder reading no evidence.
+
+Shapes: the README's glossary (B batch, C candidates, T tokens, M masked positions, V vocab, K retrieved, R
+read, N span candidates, A gold spans per block, D projection).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ IGNORE_INDEX = -100
 def marginal_mlm_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
-    relevance_score: torch.Tensor,
+    retrieval_logits: torch.Tensor,
     mlm_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """REALM's masked-LM loss, marginalised over the retrieved blocks per masked token.
@@ -32,14 +37,40 @@ def marginal_mlm_loss(
     Args:
         logits: [B, C, T, V] masked-LM logits of each (query, block) pair.
         labels: [B, T] target ids, -100 where no prediction is asked for.
-        relevance_score: [B, C] retrieval logits; softmax over C gives p(z | x).
+        retrieval_logits: [B, C]; softmax over C gives p(z | x).
         mlm_mask: [B, T], 1 where a position counts; None for all ones.
     """
     token_logp = candidate_token_log_probs(logits, labels)  # [B, C, T]
-    block_logp = relevance_score.float().log_softmax(dim=-1)[:, :, None]  # [B, C, 1]
-    marginal = (block_logp + token_logp).logsumexp(dim=1)  # [B, T]
+    marginal = marginal_token_log_likelihood(token_logp, retrieval_logits)  # [B, T]
     mask = torch.ones_like(marginal) if mlm_mask is None else mlm_mask.to(marginal.dtype)
     return -torch.nansum((marginal * mask).sum() / mask.sum())
+
+
+def marginal_token_log_likelihood(token_logp: torch.Tensor, retrieval_logits: torch.Tensor) -> torch.Tensor:
+    """log p(y_t | x) = logsumexp_c [ log p(z_c | x) + log p(y_t | z_c, x) ] of each position: [B, T]
+    (positions labelled -100 give log sum_c p(z_c | x) = 0 up to rounding: mask them).
+
+    Args:
+        token_logp: [B, C, T] log p(y_t | z_c, x) (`candidate_token_log_probs`).
+        retrieval_logits: [B, C]; softmax over C gives p(z | x).
+    """
+    block_logp = retrieval_logits.float().log_softmax(dim=-1)[:, :, None]  # [B, C, 1]
+    return (block_logp + token_logp).logsumexp(dim=1)  # [B, T]
+
+
+def retrieval_utility(
+    marginal_log_likelihood: torch.Tensor | float, null_log_likelihood: torch.Tensor | float, masked_tokens: torch.Tensor | float
+) -> torch.Tensor | float:
+    """The paper's retrieval utility (Appendix D), per masked token:
+
+        RU = ( sum_t log p(y_t | x) - sum_t log p(y_t | null, x) ) / max(#masked tokens, 1)
+
+    > 0 when retrieving helps predict the masked tokens over reading the null block alone. The sums may be
+    over a batch or over a logging window (the ratio of the sums, not a mean of per-batch ratios).
+    """
+    if isinstance(masked_tokens, torch.Tensor):
+        return (marginal_log_likelihood - null_log_likelihood) / masked_tokens.clamp(min=1)
+    return (marginal_log_likelihood - null_log_likelihood) / max(masked_tokens, 1.0)
 
 
 def candidate_token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -57,7 +88,7 @@ def candidate_token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tor
 
 
 def marginal_mlm_loss_per_sequence(
-    logits: torch.Tensor, labels: torch.Tensor, relevance_score: torch.Tensor, mlm_mask: torch.Tensor
+    logits: torch.Tensor, labels: torch.Tensor, retrieval_logits: torch.Tensor, mlm_mask: torch.Tensor
 ) -> torch.Tensor:
     """The paper's Eq. 2: one marginal over the blocks for all masked tokens of a sequence together,
 
@@ -72,7 +103,7 @@ def marginal_mlm_loss_per_sequence(
     """
     mask = mlm_mask.float()
     token_logp = candidate_token_log_probs(logits, labels) * mask[:, None, :]  # [B, C, T]
-    block_logp = relevance_score.float().log_softmax(dim=-1)  # [B, C]
+    block_logp = retrieval_logits.float().log_softmax(dim=-1)  # [B, C]
     sequence = (block_logp + token_logp.sum(dim=-1)).logsumexp(dim=-1)  # [B]
     return -sequence.sum() / mask.sum()
 
@@ -110,7 +141,7 @@ def correct_spans(
 
 
 def reader_losses(
-    relevance_score: torch.Tensor,
+    retrieval_logits: torch.Tensor,
     reader_logits: torch.Tensor,
     has_answers: torch.Tensor,
     reader_correct: torch.Tensor,
@@ -122,14 +153,14 @@ def reader_losses(
     (retrieval logit + span logit) of the correct spans. Each is zero when it has no positive.
 
     Args:
-        relevance_score: [K] retrieval logits.
+        retrieval_logits: [K].
         reader_logits: [R, N] joint span scores.
         has_answers: [K] bool, block contains an answer.
         reader_correct: [R, N] bool, span equals a gold span.
     Returns:
         retriever_loss, reader_loss: scalars.
     """
-    retriever_loss = marginal_log_likelihood_loss(relevance_score, has_answers)
+    retriever_loss = marginal_log_likelihood_loss(retrieval_logits, has_answers)
     reader_loss = marginal_log_likelihood_loss(reader_logits.reshape(-1), reader_correct.reshape(-1))
     # The port multiplies by any(positive); `where` gives the same 0 and also when every logit is masked,
     # where the product would be inf * 0 = nan.
@@ -137,3 +168,26 @@ def reader_losses(
     retriever_loss = torch.where(has_answers.any(), retriever_loss, zero)
     reader_loss = torch.where(reader_correct.any(), reader_loss, zero)
     return retriever_loss, reader_loss
+
+
+def in_batch_softmax_loss(
+    query: torch.Tensor, blocks: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ICT's loss (ORQA, Lee et al. 2019, Eq. 3): a softmax over every block of the batch, cross-entropy
+    against each query's own block,
+
+        loss = - 1/B sum_b log( exp(q_b . e_{t_b}) / sum_n exp(q_b . e_n) )
+
+    Args:
+        query: [B, D] query embeddings.
+        blocks: [N, D] candidate block embeddings (N >= B: the local batch, or all processes' blocks).
+        targets: [B] the index in ``blocks`` of each query's positive.
+
+    Returns:
+        ``(loss, accuracy)``: the mean cross-entropy over the B queries, and the fraction whose best-scoring
+        block is the positive (no gradient).
+    """
+    retrieval_logits = query.float() @ blocks.float().T  # [B, N]
+    loss = F.cross_entropy(retrieval_logits, targets)
+    accuracy = (retrieval_logits.detach().argmax(dim=-1) == targets).float().mean()
+    return loss, accuracy

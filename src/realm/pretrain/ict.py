@@ -34,6 +34,7 @@ from realm.corpus import BlockStore
 from realm.distributed import freeze_unused
 from realm.inputs import block_inputs, collate_questions
 from realm.modeling.embedder import RealmEmbedder
+from realm.objectives import in_batch_softmax_loss
 
 __all__ = [
     "ICTConfig",
@@ -169,26 +170,6 @@ def collate_ict(examples: Sequence[ICTExample], pad_id: int) -> dict[str, torch.
         "block_attention_mask": block_mask,
         "block_token_type_ids": block_types,
     }
-
-
-def in_batch_softmax_loss(
-    query: torch.Tensor, blocks: torch.Tensor, targets: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax over every block of the batch, cross-entropy against each query's own block (ORQA's Eq. 3).
-
-    Args:
-        query: [B, D] query embeddings.
-        blocks: [N, D] candidate block embeddings (N >= B: the local batch, or all processes' blocks).
-        targets: [B] the index in ``blocks`` of each query's positive.
-
-    Returns:
-        ``(loss, accuracy)``: the mean cross-entropy over the B queries, and the fraction whose best-scoring
-        block is the positive (no gradient).
-    """
-    scores = query.float() @ blocks.float().T  # [B, N]
-    loss = F.cross_entropy(scores, targets)
-    accuracy = (scores.detach().argmax(dim=-1) == targets).float().mean()
-    return loss, accuracy
 
 
 def gather_blocks(blocks: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -41,7 +41,7 @@ from realm.distributed import DistributedContext, init_distributed, rank_device
 from realm.index.build import IndexBuildConfig
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.knowledge_encoder import RealmKnowledgeAugEncoder
-from realm.objectives import IGNORE_INDEX
+from realm.objectives import IGNORE_INDEX, retrieval_utility
 from realm.pretrain.config import PretrainConfig
 from realm.pretrain.refresh import PublishedIndex, RefreshFiles, start_worker
 from realm.pretrain.step import RealmPretrainer
@@ -460,7 +460,7 @@ class _Window:
         n = max(totals[1], 1.0)
         return {
             "loss": totals[0] / n,
-            "retrieval_utility": (totals[2] - totals[3]) / n,
+            "retrieval_utility": retrieval_utility(totals[2], totals[3], totals[1]),
             "mlm_accuracy": totals[4] / n,
             "null_mlm_accuracy": totals[5] / n,
             "masked_tokens": totals[1],

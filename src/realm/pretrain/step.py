@@ -48,6 +48,8 @@ from realm.objectives import (
     candidate_token_log_probs,
     marginal_mlm_loss,
     marginal_mlm_loss_per_sequence,
+    marginal_token_log_likelihood,
+    retrieval_utility,
 )
 from realm.qa import retrieve
 
@@ -83,7 +85,7 @@ class PretrainOutput:
     @property
     def retrieval_utility(self) -> torch.Tensor:
         """Mean log-likelihood gain per masked token over the null block alone (> 0: retrieval helps)."""
-        return (self.marginal_log_likelihood - self.null_log_likelihood) / self.masked_tokens.clamp(min=1)
+        return retrieval_utility(self.marginal_log_likelihood, self.null_log_likelihood, self.masked_tokens)
 
 
 class RealmPretrainer(nn.Module):
@@ -272,13 +274,14 @@ def masked_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
 
 
 def _statistics(
-    logits: torch.Tensor, labels: torch.Tensor, relevance: torch.Tensor, mlm_mask: torch.Tensor
+    logits: torch.Tensor, labels: torch.Tensor, retrieval_logits: torch.Tensor, mlm_mask: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """Sums over the masked tokens: marginal and null log-likelihoods, correct predictions of each."""
     mask = mlm_mask.float()
     token_logp = candidate_token_log_probs(logits, labels)  # [B, C, M]
-    block_logp = relevance.float().log_softmax(dim=-1)  # [B, C]
-    marginal = (block_logp[:, :, None] + token_logp).logsumexp(dim=1)  # [B, M]
+    marginal = marginal_token_log_likelihood(token_logp, retrieval_logits)  # [B, M]
+    null = token_logp[:, 0]  # [B, M] log p(y_t | null, x): the null block is candidate 0
+    block_logp = retrieval_logits.float().log_softmax(dim=-1)  # [B, C]
     # The marginal prediction: argmax_y sum_c p(z_c | x) p(y | z_c, x).
     predictive = (block_logp[:, :, None, None] + logits.float().log_softmax(dim=-1)).logsumexp(dim=1)  # [B, M, V]
     correct = (predictive.argmax(dim=-1) == labels).float() * mask
@@ -286,7 +289,7 @@ def _statistics(
     return {
         "masked_tokens": mask.sum(),
         "marginal_log_likelihood": (marginal * mask).sum(),
-        "null_log_likelihood": (token_logp[:, 0] * mask).sum(),
+        "null_log_likelihood": (null * mask).sum(),
         "correct": correct.sum(),
         "null_correct": null_correct.sum(),
     }
