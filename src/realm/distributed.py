@@ -71,3 +71,12 @@ def freeze_unused(module: torch.nn.Module, prefixes: tuple[str, ...]) -> None:
     for name, parameter in module.named_parameters():
         if name.startswith(prefixes):
             parameter.requires_grad_(False)
+
+
+def wrap_ddp(model: torch.nn.Module, context: DistributedContext, device: torch.device) -> torch.nn.Module:
+    """`model` in DistributedDataParallel when there are several processes, else `model` itself."""
+    if not context.is_distributed:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+    )

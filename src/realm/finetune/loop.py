@@ -14,7 +14,6 @@ installed); every `eval_every` steps the main process evaluates on the dev set w
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -28,7 +27,7 @@ import torch.distributed as dist
 
 from realm.config import RealmConfig
 from realm.corpus import BlockStore
-from realm.distributed import DistributedContext, init_distributed, rank_device
+from realm.distributed import DistributedContext, wrap_ddp
 from realm.eval import QAExample, read_qa_jsonl
 from realm.eval.evaluate import evaluate
 from realm.finetune.config import FinetuneConfig
@@ -40,19 +39,17 @@ from realm.modeling.openqa import load_towers
 from realm.pipeline import Pipeline
 from realm.tokenization import RealmTokenizerFast
 from realm.train.metrics import METRICS_NAME, MetricsLog
-from realm.train.optim import build_optimizer, linear_schedule
+from realm.train.optim import optimizer_and_schedule
 from realm.train.state import (
     BEST_DIR,
     LAST_DIR,
     gather_rng_states,
     global_batch_indices,
-    load_training_checkpoint,
     process_slice,
-    restore_rng,
-    resume_point,
+    resume_training,
     save_model_checkpoint,
     save_training_checkpoint,
-    seed_everything,
+    start_run,
 )
 
 logger = logging.getLogger(__name__)
@@ -98,11 +95,8 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, stop_after: int | 
         stop_after: stop (after saving `last/`) once this many steps are done, as a kill would, without
             changing the schedule; `resume=True` continues the same run.
     """
-    context = init_distributed(config.device)
-    device = rank_device(config.device, context)
-    output_dir = Path(config.output_dir)
-    checkpoint = resume_point(output_dir, resume, "fine-tuning")
-    seed_everything(config.seed + context.rank)
+    run = start_run(config, resume, "fine-tuning")
+    context, device, output_dir, checkpoint = run.context, run.device, run.output_dir, run.checkpoint
 
     store = BlockStore.open(config.store)
     tokenizer = RealmTokenizerFast.from_pretrained(store.path / "tokenizer")
@@ -125,17 +119,13 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, stop_after: int | 
                        unanswerable, len(train))  # fmt: skip
 
     trainable = [p for p in finetuner.parameters() if p.requires_grad]
-    optimizer = build_optimizer(finetuner, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(config.num_warmup_steps, config.num_steps))
+    optimizer, scheduler = optimizer_and_schedule(finetuner, config)
     step, best = 0, None
     if checkpoint is not None:
-        step, best = _resume(checkpoint, config, context, optimizer, scheduler)
+        state = resume_training(checkpoint, config, DATA_ORDER_KEYS, context, optimizer, scheduler)
+        step, best = int(state["step"]), state.get("best")
         logger.info("resuming %s at step %d", checkpoint, step)
-    model: Any = finetuner
-    if context.is_distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            finetuner, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
-        )
+    model: Any = wrap_ddp(finetuner, context, device)
 
     metrics = MetricsLog(output_dir, step, enabled=context.is_main)
     if context.is_main:
@@ -267,30 +257,6 @@ def _evaluate(finetuner: OpenQAFinetuner, examples: list[QAExample], config: Fin
     )  # fmt: skip
     _, summary = evaluate(pipeline, examples, recall_ks=RECALL_KS, batch_size=config.eval_batch_size, progress=False)
     return summary
-
-
-def _resume(
-    checkpoint: Path, config: FinetuneConfig, context: DistributedContext, optimizer: Any, scheduler: Any
-) -> tuple[int, dict[str, Any] | None]:
-    optimizer_state, state = load_training_checkpoint(checkpoint)
-    saved = json.loads((checkpoint / "finetune_config.json").read_text())
-    global_batch = config.global_batch_size(context.world_size)
-    changed = [k for k in DATA_ORDER_KEYS if saved.get(k) != getattr(config, k)]
-    if changed or state["global_batch_size"] != global_batch:
-        raise ValueError(
-            f"{checkpoint} was written by a run with other {', '.join(changed) or 'global batch size'} "
-            f"(global batch {state['global_batch_size']}, now {global_batch}); resume with the same settings"
-        )
-    others = sorted(k for k, v in config.to_dict().items() if k in saved and saved[k] != v)
-    if others:
-        logger.warning("resuming with changed settings: %s", ", ".join(others))
-    optimizer.load_state_dict(optimizer_state)
-    scheduler.load_state_dict(state["scheduler"])
-    if len(state["rng"]) == context.world_size:
-        restore_rng(state["rng"][context.rank])
-    else:
-        logger.warning("the checkpoint has RNG states of %d processes, not %d: reseeding", len(state["rng"]), context.world_size)
-    return int(state["step"]), state.get("best")
 
 
 def _save_last(

@@ -28,3 +28,10 @@ def linear_schedule(warmup: int, total: int) -> Any:
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return factor
+
+
+def optimizer_and_schedule(model: torch.nn.Module, config: Any) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """`build_optimizer` and its `linear_schedule` (config: num_warmup_steps, num_steps and the optimizer's)."""
+    optimizer = build_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(config.num_warmup_steps, config.num_steps))
+    return optimizer, scheduler

@@ -20,7 +20,9 @@ generator seeded by (seed, epoch), the epochs are laid end to end, and step s ta
 from __future__ import annotations
 
 import json
+import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,12 @@ import torch.distributed as dist
 
 from realm.atomic import atomic_directory
 from realm.config import RealmConfig
-from realm.distributed import DistributedContext
+from realm.distributed import DistributedContext, init_distributed, rank_device
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.openqa import save_openqa
 from realm.modeling.reader import RealmReader
+
+logger = logging.getLogger(__name__)
 
 LAST_DIR = "last"
 BEST_DIR = "best"
@@ -183,3 +187,66 @@ def load_training_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str,
     optimizer = torch.load(directory / OPTIMIZER_NAME, map_location="cpu", weights_only=True)
     state = torch.load(directory / TRAINER_STATE_NAME, map_location="cpu", weights_only=True)
     return optimizer, state
+
+
+# -- the start of a run ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """Where a training run stands before it builds anything: its process, device, output and resume point."""
+
+    context: DistributedContext
+    device: torch.device
+    output_dir: Path
+    checkpoint: Path | None
+
+
+def start_run(config: Any, resume: bool, kind: str) -> RunStart:
+    """Join the process group, pick this process's device, find the checkpoint to resume (or refuse an output
+    directory that holds one without `resume`) and seed every RNG with seed + rank.
+
+    Args:
+        config: the run's config (`device`, `output_dir`, `seed`).
+        kind: "fine-tuning" or "pre-training", for the messages.
+    """
+    context = init_distributed(config.device)
+    device = rank_device(config.device, context)
+    output_dir = Path(config.output_dir)
+    checkpoint = resume_point(output_dir, resume, kind)
+    seed_everything(config.seed + context.rank)
+    return RunStart(context, device, output_dir, checkpoint)
+
+
+def resume_training(
+    checkpoint: Path,
+    config: Any,
+    data_order_keys: tuple[str, ...],
+    context: DistributedContext,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict[str, Any]:
+    """Load a `last/` checkpoint's optimizer, scheduler and this process's RNG state; return its trainer state.
+
+    A resumed run must read the examples the killed run would have: a checkpoint written with other
+    `data_order_keys` settings or another global batch size is refused; other changed settings are logged.
+    """
+    optimizer_state, state = load_training_checkpoint(checkpoint)
+    saved = json.loads((checkpoint / config.FILE_NAME).read_text())
+    global_batch = config.global_batch_size(context.world_size)
+    changed = [k for k in data_order_keys if saved.get(k) != getattr(config, k)]
+    if changed or state["global_batch_size"] != global_batch:
+        raise ValueError(
+            f"{checkpoint} was written by a run with other {', '.join(changed) or 'global batch size'} "
+            f"(global batch {state['global_batch_size']}, now {global_batch}); resume with the same settings"
+        )
+    others = sorted(k for k, v in config.to_dict().items() if k in saved and saved[k] != v)
+    if others:
+        logger.warning("resuming with changed settings: %s", ", ".join(others))
+    optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(state["scheduler"])
+    if len(state["rng"]) == context.world_size:
+        restore_rng(state["rng"][context.rank])
+    else:
+        logger.warning("the checkpoint has RNG states of %d processes, not %d: reseeding", len(state["rng"]), context.world_size)
+    return state

@@ -1,0 +1,128 @@
+"""`realm demo`, `realm ask`, `realm serve`, `realm evaluate`: questions -> answers with evidence."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+DEMO_CREDIT = "Text: Wikipedia (CC BY-SA 4.0); weights: sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0)."
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from realm.demo import DemoConfig, run_demo
+
+    started = time.perf_counter()
+    fields = dict(cache_dir=args.cache_dir, wheels_dir=args.wheels, corpus_json=args.corpus_json, bert_dir=args.bert_dir,
+                  seed=args.seed, threads=args.threads)  # fmt: skip
+    if args.subset is not None:
+        fields["subset"] = args.subset
+    config = DemoConfig.quick(**fields) if args.quick else DemoConfig(**fields)
+    print(f"realm demo: REALM on {'a subset of ' if config.subset else ''}~10,000 Wikipedia lead sections "
+          f"(Level 4 Vital Articles), all-MiniLM-L6-v2 weights; cache {config.cache}")  # fmt: skip
+
+    def stage_done(report) -> None:
+        state = "cached" if report.skipped else "done"
+        shown = {k: v for k, v in report.info.items() if k not in ("seconds", "ignored", "wheels")}
+        print(f"  {report.name:<10} {state:>6} {report.seconds:7.1f} s  {json.dumps(shown)[:150]}", flush=True)
+
+    result = run_demo(config, progress=not args.no_progress, on_stage=stage_done)
+    m = result.metrics
+    print(f"held-out questions ({m['count']}): recall@1 {100 * m.get('recall@1', 0):.1f}  recall@5 "
+          f"{100 * m.get('recall@5', 0):.1f}  recall@20 {100 * m.get('recall@20', 0):.1f}  EM {100 * m['exact_match']:.1f}")  # fmt: skip
+    for answer in result.answers:
+        _print_answer(answer)
+    print(f"first answers after {time.perf_counter() - started:.1f} s. {DEMO_CREDIT}")
+    if args.serve:
+        try:
+            from realm.serve import ServeConfig, run_server
+        except ImportError as err:
+            raise RuntimeError(f"--serve needs the serve extra ({err}): pip install -e '.[serve]'") from None
+        print(f"serving on http://127.0.0.1:{args.port}/ (Ctrl-C to stop)")
+        run_server(result.pipeline, ServeConfig(port=args.port, credit=DEMO_CREDIT, model_name="realm demo"))
+        return 0
+    if args.no_interactive or not sys.stdin.isatty():
+        return 0
+    print("Ask a question (empty line or Ctrl-D to quit).")
+    while True:
+        try:
+            question = input("? ").strip()
+        except EOFError:
+            break
+        if not question:
+            break
+        _print_answer(result.pipeline.ask(question)[0])
+    return 0
+
+
+def _print_answer(answer) -> None:
+    print(f"Q: {answer.question}\nA: {answer.text}")
+    for rank, ev in enumerate(answer.evidence[:3], 1):
+        marked = ev.text[: ev.span_start] + "[[" + ev.span_text + "]]" + ev.text[ev.span_end :]
+        print(f"  {rank}. p={ev.retrieval_probability:.2f} {ev.title}: {marked[:160]}")
+
+
+def _pipeline(args: argparse.Namespace):
+    from realm.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(args.model, args.store, args.index, device=args.device, k=args.k)
+
+
+def _ask(args: argparse.Namespace) -> int:
+    import json
+
+    questions = args.questions or [line.strip() for line in sys.stdin if line.strip()]
+    pipeline = _pipeline(args)
+    for answer in pipeline.ask(questions):
+        if args.json:
+            print(json.dumps(answer.to_dict(), ensure_ascii=False))
+            continue
+        print(f"Q: {answer.question}\nA: {answer.text}   (score {answer.score:.2f}, block {answer.block_id})")
+        for rank, ev in enumerate(answer.evidence, 1):
+            marked = ev.text[: ev.span_start] + "[[" + ev.span_text + "]]" + ev.text[ev.span_end :]
+            title = f"{ev.title}: " if ev.title else ""
+            print(f"  {rank}. p={ev.retrieval_probability:.3f} block {ev.block_id}  {title}{marked}")
+        print()
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from realm.serve import ServeConfig, run_server
+
+    config = ServeConfig(
+        host=args.host, port=args.port, k=args.k, max_k=args.max_k, max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms, max_questions=args.max_questions, max_question_chars=args.max_question_chars,
+        allow_reload=args.allow_reload, store=args.store, index=args.index, model_name=args.model, credit=args.credit,
+        access_log=args.access_log,
+    )  # fmt: skip
+    try:
+        from realm.serve import app  # noqa: F401  (fail before loading the model)
+    except ImportError as err:
+        raise RuntimeError(f"{err}; install the serve extra: pip install 'realm-lm[serve]'") from None
+    pipeline = _pipeline(args)
+    print(f"realm serve: {len(pipeline.store):,} blocks; http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
+    run_server(pipeline, config)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from realm.eval import read_qa_jsonl, write_predictions_jsonl
+    from realm.eval.evaluate import evaluate
+
+    examples = read_qa_jsonl(args.data)
+    if args.regex != ("trec" in Path(args.data).name.lower()):
+        logging.getLogger("realm").warning(
+            "regex matching is meant for CuratedTrec (answers are patterns); %s regex=%s", args.data, args.regex
+        )
+    rows, summary = evaluate(
+        _pipeline(args), examples, regex=args.regex, recall_ks=args.recall_k, batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    if args.out:
+        write_predictions_jsonl(args.out, rows)
+    print(summary.table())
+    return 0
