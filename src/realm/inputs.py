@@ -2,9 +2,9 @@
 
 One home for the layout `[CLS] title [SEP] text [SEP]` (the index builder, pre-training's re-embedding and
 ICT all feed blocks this way, so a tower is trained on the inputs it is later asked to index) and for the
-padding of id lists into [N, L] tensors.
+padding of id lists into [n, L] tensors.
 
-Shapes: N sequences, L the longest.
+Shapes: n sequences (any number), L the longest.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def collate_questions(question_ids: Sequence[Sequence[int]], pad_id: int) -> tup
 def pad_sequences(
     ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest: input_ids, token_type_ids, attention_mask, each [N, L]."""
+    """Right-pad to the longest: input_ids, token_type_ids, attention_mask, each [n, L]."""
     width = max(len(s) for s in ids)
     out_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
     out_types = torch.zeros((len(ids), width), dtype=torch.long)

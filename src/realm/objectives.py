@@ -1,12 +1,12 @@
 """The paper's quantities as pure functions: the marginal likelihoods of pre-training and fine-tuning, the
 retrieval utility, and ICT's in-batch softmax loss.
 
-Every retrieval-augmented loss here takes `retrieval_logits` [B, C] (or [K]): the relevance f(x, z) = q . e_z
+Every retrieval-augmented loss here takes `retrieval_logits` [B, K]: the relevance f(x, z) = q . e_z
 of each candidate, whose softmax over the candidates is p(z | x). In pre-training candidate 0 is the null
 block (`realm.qa.search_blocks` puts it first), so p(y | null, x) is the encoder reading no evidence.
 
-Shapes: the README's glossary (B batch, C candidates, T tokens, M masked positions, V vocab, K retrieved, R
-read, N span candidates, A gold spans per block, D projection).
+Shapes: the README's glossary (B batch, K candidate blocks (retrieved, or given), T tokens, M masked positions,
+V vocab, R read, S span candidates, A gold spans per block, D projection).
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ def marginal_mlm_loss(
     the denominator (so the loss is the sum over masked tokens divided by B*T), exactly as the port.
 
     Args:
-        logits: [B, C, T, V] masked-LM logits of each (query, block) pair.
+        logits: [B, K, T, V] masked-LM logits of each (query, block) pair.
         labels: [B, T] target ids, -100 where no prediction is asked for.
-        retrieval_logits: [B, C]; softmax over C gives p(z | x).
+        retrieval_logits: [B, K]; softmax over K gives p(z | x).
         mlm_mask: [B, T], 1 where a position counts; None for all ones.
     """
-    token_logp = candidate_token_log_probs(logits, labels)  # [B, C, T]
+    token_logp = candidate_token_log_probs(logits, labels)  # [B, K, T]
     marginal = marginal_token_log_likelihood(token_logp, retrieval_logits)  # [B, T]
     mask = torch.ones_like(marginal) if mlm_mask is None else mlm_mask.to(marginal.dtype)
     return -torch.nansum((marginal * mask).sum() / mask.sum())
@@ -51,10 +51,10 @@ def marginal_token_log_likelihood(token_logp: torch.Tensor, retrieval_logits: to
     (positions labelled -100 give log sum_c p(z_c | x) = 0 up to rounding: mask them).
 
     Args:
-        token_logp: [B, C, T] log p(y_t | z_c, x) (`candidate_token_log_probs`).
-        retrieval_logits: [B, C]; softmax over C gives p(z | x).
+        token_logp: [B, K, T] log p(y_t | z_c, x) (`candidate_token_log_probs`).
+        retrieval_logits: [B, K]; softmax over K gives p(z | x).
     """
-    block_logp = retrieval_logits.float().log_softmax(dim=-1)[:, :, None]  # [B, C, 1]
+    block_logp = retrieval_logits.float().log_softmax(dim=-1)[:, :, None]  # [B, K, 1]
     return (block_logp + token_logp).logsumexp(dim=1)  # [B, T]
 
 
@@ -74,14 +74,14 @@ def retrieval_utility(
 
 
 def candidate_token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log p(y_t | z_c, x) of each label under each candidate block: [B, C, T], 0 where labelled -100.
+    """log p(y_t | z_c, x) of each label under each candidate block: [B, K, T], 0 where labelled -100.
 
     Args:
-        logits: [B, C, T, V] masked-LM logits of each (query, block) pair.
+        logits: [B, K, T, V] masked-LM logits of each (query, block) pair.
         labels: [B, T] target ids, -100 where no prediction is asked for.
     """
     b, c, t, v = logits.shape
-    targets = labels[:, None, :].expand(b, c, t)  # [B, C, T]
+    targets = labels[:, None, :].expand(b, c, t)  # [B, K, T]
     return -F.cross_entropy(
         logits.reshape(-1, v).float(), targets.reshape(-1), reduction="none", ignore_index=IGNORE_INDEX
     ).view(b, c, t)
@@ -102,8 +102,8 @@ def marginal_mlm_loss_per_sequence(
     Args: as `marginal_mlm_loss`, with `mlm_mask` [B, T] required.
     """
     mask = mlm_mask.float()
-    token_logp = candidate_token_log_probs(logits, labels) * mask[:, None, :]  # [B, C, T]
-    block_logp = retrieval_logits.float().log_softmax(dim=-1)  # [B, C]
+    token_logp = candidate_token_log_probs(logits, labels) * mask[:, None, :]  # [B, K, T]
+    block_logp = retrieval_logits.float().log_softmax(dim=-1)  # [B, K]
     sequence = (block_logp + token_logp.sum(dim=-1)).logsumexp(dim=-1)  # [B]
     return -sequence.sum() / mask.sum()
 
@@ -130,13 +130,13 @@ def correct_spans(
     """Which span candidates equal a gold span.
 
     Args:
-        starts, ends: [N] span candidates (inclusive ends).
+        starts, ends: [S] span candidates (inclusive ends).
         gold_starts, gold_ends: [R, A] gold spans, -1 padded.
     Returns:
-        [R, N] bool.
+        [R, S] bool.
     """
-    hit_start = starts[None, None, :] == gold_starts[:, :, None]  # [R, A, N]
-    hit_end = ends[None, None, :] == gold_ends[:, :, None]  # [R, A, N]
+    hit_start = starts[None, None, :] == gold_starts[:, :, None]  # [R, A, S]
+    hit_end = ends[None, None, :] == gold_ends[:, :, None]  # [R, A, S]
     return (hit_start & hit_end).any(dim=1)
 
 
@@ -154,9 +154,9 @@ def reader_losses(
 
     Args:
         retrieval_logits: [K].
-        reader_logits: [R, N] joint span scores.
+        reader_logits: [R, S] joint span scores.
         has_answers: [K] bool, block contains an answer.
-        reader_correct: [R, N] bool, span equals a gold span.
+        reader_correct: [R, S] bool, span equals a gold span.
     Returns:
         retriever_loss, reader_loss: scalars.
     """
@@ -180,14 +180,14 @@ def in_batch_softmax_loss(
 
     Args:
         query: [B, D] query embeddings.
-        blocks: [N, D] candidate block embeddings (N >= B: the local batch, or all processes' blocks).
+        blocks: [G, D] candidate block embeddings (G >= B: the local batch, or all processes' blocks).
         targets: [B] the index in ``blocks`` of each query's positive.
 
     Returns:
         ``(loss, accuracy)``: the mean cross-entropy over the B queries, and the fraction whose best-scoring
         block is the positive (no gradient).
     """
-    retrieval_logits = query.float() @ blocks.float().T  # [B, N]
+    retrieval_logits = query.float() @ blocks.float().T  # [B, G]
     loss = F.cross_entropy(retrieval_logits, targets)
     accuracy = (retrieval_logits.detach().argmax(dim=-1) == targets).float().mean()
     return loss, accuracy

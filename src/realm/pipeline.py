@@ -5,7 +5,7 @@ read in one reader call. Reader inputs come from the block store's pre-tokenized
 re-tokenizing); only the blocks actually read are tokenized again, with offsets, to turn the predicted
 wordpiece span into a character span of the block's original text.
 
-Shapes: B questions, K blocks read per question, T reader tokens, N span candidates, D embedding size.
+Shapes: B questions, K blocks read per question, T reader tokens, S span candidates, D embedding size.
 """
 
 from __future__ import annotations

@@ -12,13 +12,13 @@ spans, goes through here (`Pipeline`, `RealmForOpenQA`, fine-tuning's `OpenQAFin
                                                         into both towers)                    [B, K]
     Read.      `[CLS] question [SEP] block [SEP]` for each (question, block) -> reader trunk  [B, R, T, H]
                -> span logits + retrieval logit (joint scores), the prediction, and with answers the
-               ORQA losses                                                                   [B][R, N]
+               ORQA losses                                                                   [B][R, S]
 
 The index sees the questions' strings when the caller has them (`texts`): dense indexes ignore them; an
 index that also scores text (a sparse or hybrid one) uses them. See `realm.index.base.Index.search`.
 
 Shapes: the README's glossary (B questions, Q question tokens, K retrieved, R read, T reader tokens, H hidden,
-N span candidates, A gold spans per block, D projection).
+S span candidates, A gold spans per block, D projection).
 """
 
 from __future__ import annotations
@@ -167,8 +167,8 @@ class SpanScores:
     """One question's joint span scores over the blocks read.
 
     Attributes:
-        logits: [R, N] span logit + the block's retrieval logit (spans leaving the block get finfo.min).
-        starts, ends: [N] the span candidates' first and last (inclusive) token positions.
+        logits: [R, S] span logit + the block's retrieval logit (spans leaving the block get finfo.min).
+        starts, ends: [S] the span candidates' first and last (inclusive) token positions.
     """
 
     logits: Tensor
@@ -235,7 +235,7 @@ def read(
     block_mask = inputs["block_mask"]  # [B, K', T]
     spans, outputs = [], []
     for b in range(batch):
-        logits, starts, ends = reader.span_scores(hidden[b], retrieval_logits[b], block_mask[b])  # [R, N], [N], [N]
+        logits, starts, ends = reader.span_scores(hidden[b], retrieval_logits[b], block_mask[b])  # [R, S], [S], [S]
         spans.append(SpanScores(logits, starts, ends))
         labels = {}
         if answer_ids is not None:

@@ -10,7 +10,7 @@ directory and renames it into place once its manifest is written; `append` write
 temporary names, renames them, and only then replaces the manifest (atomically) to list them. Old segment
 files are never rewritten. One writer at a time: a concurrent append is detected and refused.
 
-Shapes: N gathered blocks, L longest of them in wordpieces.
+Shapes: n gathered blocks, L longest of them in wordpieces.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ class BlockStore:
         return self._gather(ids, ["title_ids"])["title_ids"].to_pylist()
 
     def doc_ids(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        """[N] int64 document ids."""
+        """[n] int64 document ids."""
         return self._gather(ids, ["doc_id"])["doc_id"].to_numpy(zero_copy_only=False).astype(np.int64)
 
     def sentence_starts(self, ids: Sequence[int] | np.ndarray) -> list[list[int]]:
@@ -237,7 +237,7 @@ class BlockStore:
             length: Columns of the result (longer blocks are truncated); default the longest block.
 
         Returns:
-            ``(token_ids [N, L] int32, lengths [N] int64)``, lengths before truncation.
+            ``(token_ids [n, L] int32, lengths [n] int64)``, lengths before truncation.
         """
         column = self._gather(ids, ["token_ids"])["token_ids"]
         lengths = column.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
@@ -245,7 +245,7 @@ class BlockStore:
         width = int(lengths.max(initial=0)) if length is None else length
         out = np.full((lengths.size, width), pad_id, dtype=np.int32)
         longest = int(lengths.max(initial=0))
-        present = np.arange(longest)[None, :] < lengths[:, None]  # [N, longest], row-major = values' order
+        present = np.arange(longest)[None, :] < lengths[:, None]  # [n, longest], row-major = values' order
         if width >= longest:
             out[:, :longest][present] = values
         else:  # keep each block's first `width` ids

@@ -14,7 +14,7 @@ there (the port stops at the second [SEP] of the row), so even answers or blocks
 [PAD] ids match exactly when the port's would. One exception: with the fast tokenizer an empty block gives a
 row without a second [SEP], on which `block_has_answer` raises; here it simply has no answer.
 
-Shapes: K blocks, L longest block, S starts searched (the longest truncated block), C columns.
+Shapes: K blocks, L longest block, P starts searched (the longest truncated block), C columns.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def answers_in_blocks(
 
     # Each row from the block on: kept block tokens, [SEP], then the padding up to the longest row.
     tail = kept + 1 + (row_lengths.max() - row_lengths)  # [K] block + [SEP] + pads
-    starts = int(kept.max())  # S
+    starts = int(kept.max())  # P
     if starts == 0:
         return found
     columns = np.arange(max(int(tail.max()), starts + max(len(a) for a in answers)))  # [C]
@@ -98,12 +98,12 @@ def answers_in_blocks(
     rows[(columns[None, :] > kept[:, None]) & (columns[None, :] < tail[:, None])] = tokenizer.pad_token_id
 
     # The port searches up to the row's second [SEP]: a [SEP] id inside a block ends its search early.
-    sep_inside = rows[:, :starts] == tokenizer.sep_token_id  # [K, S]
+    sep_inside = rows[:, :starts] == tokenizer.sep_token_id  # [K, P]
     search_end = np.where(sep_inside.any(axis=1), sep_inside.argmax(axis=1), kept)  # [K]
-    can_start = columns[None, :starts] < search_end[:, None]  # [K, S]
+    can_start = columns[None, :starts] < search_end[:, None]  # [K, P]
     for answer in answers:
         match = can_start.copy()
         for offset, token in enumerate(answer):
-            match &= rows[:, offset : offset + starts] == token  # [K, S]
+            match &= rows[:, offset : offset + starts] == token  # [K, P]
         found |= match.any(axis=1)
     return found

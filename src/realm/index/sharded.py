@@ -1,6 +1,6 @@
 """Exact search over an embeddings matrix split by rows across `torch.distributed` ranks.
 
-# W ranks, B this rank's queries, S all ranks' queries (sum of B), N vectors, D dim, K = min(k, N)
+# W ranks, B this rank's queries, G all ranks' queries (sum of B), N vectors, D dim, K = min(k, N)
 
 Rank r of W searches rows [N r / W, N (r + 1) / W) (contiguous, sizes differ by at most one). The files
 do not depend on W: the shard is a row range of the one `embeddings.npy`, which every rank memory-maps
@@ -9,7 +9,7 @@ of the range, on the rank's device, with `in_memory=True`.
 
 `search` is collective (every rank of the group calls it, with its own queries; batch sizes and k may
 differ per rank): the batch sizes are all-gathered, then the queries (padded to the largest batch); each
-rank searches its shard for all S queries; the partial [S, K] hits are all-gathered and each rank merges
+rank searches its shard for all G queries; the partial [G, K] hits are all-gathered and each rank merges
 the W partials of its own queries. The result equals `ExactIndex` on the whole matrix, ties included
 (lower id first), up to the last bit of float32 scores (see `realm.index.base`).
 
@@ -194,9 +194,9 @@ class ShardedIndex(Index):
         padded[: sizes[self.rank]] = queries.to(self.comm_device)
         everyone = torch.cat(
             [q[:b] for q, b in zip(all_gather(padded, self.group), sizes, strict=True)]
-        )  # [S, D]
-        partial = pad_hits(self.local.search(everyone, k_max), k_max)  # [S, k_max] this shard's best
-        scores = all_gather(partial.scores.to(self.comm_device), self.group)  # W x [S, k_max]
+        )  # [G, D]
+        partial = pad_hits(self.local.search(everyone, k_max), k_max)  # [G, k_max] this shard's best
+        scores = all_gather(partial.scores.to(self.comm_device), self.group)  # W x [G, k_max]
         ids = all_gather(partial.ids.to(self.comm_device), self.group)
         first = sum(sizes[: self.rank])
         mine = slice(first, first + sizes[self.rank])

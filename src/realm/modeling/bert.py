@@ -4,7 +4,7 @@ Post-LayerNorm transformer with absolute position embeddings, exactly BERT (and 
 `RealmBertModel`), with attention computed by `torch.nn.functional.scaled_dot_product_attention`.
 Module names follow the port so that its state-dict keys load unchanged.
 
-Shapes: B batch, T tokens, H hidden, N heads, Dh head dim (H / N), I intermediate.
+Shapes: B batch, T tokens, H hidden, Nh heads, Dh head dim (H / Nh), I intermediate.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class RealmSelfAttention(nn.Module):
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # [B, N, T, Dh]
+        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # [B, Nh, T, Dh]
 
     def forward(
         self,
@@ -110,11 +110,11 @@ class RealmSelfAttention(nn.Module):
         dropout = self.dropout_prob if self.training else 0.0
         if output_attentions or head_mask is not None:
             # The fused kernel cannot return the probabilities or scale heads: spell attention out.
-            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + mask  # [B, N, T, T]
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + mask  # [B, Nh, T, T]
             probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=self.training)
             if head_mask is not None:
                 probs = probs * head_mask
-            context = probs @ v  # [B, N, T, Dh]
+            context = probs @ v  # [B, Nh, T, Dh]
         else:
             probs = None
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
@@ -244,9 +244,9 @@ class RealmBertModel(nn.Module):
 def _per_layer_head_mask(
     head_mask: torch.Tensor | None, num_layers: int, dtype: torch.dtype
 ) -> list[torch.Tensor | None]:
-    """The port's head-mask convention: [N] or [num_layers, N] of multipliers for the attention probabilities."""
+    """The port's head-mask convention: [Nh] or [num_layers, Nh] of multipliers for the attention probabilities."""
     if head_mask is None:
         return [None] * num_layers
     if head_mask.dim() == 1:
         head_mask = head_mask[None].expand(num_layers, -1)
-    return [m[None, :, None, None].to(dtype) for m in head_mask]  # each [1, N, 1, 1]
+    return [m[None, :, None, None].to(dtype) for m in head_mask]  # each [1, Nh, 1, 1]

@@ -1,7 +1,7 @@
 """The heads that sit on the BERT trunk: masked-LM, retrieval projection and reader span scorer.
 
-Shapes: B batch, T tokens, H hidden, V vocab, D retriever_proj_size, S span_hidden_size, R blocks read,
-N span candidates.
+Shapes: B batch, T tokens, H hidden, V vocab, D retriever_proj_size, Hs span_hidden_size, R blocks read,
+S span candidates.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def span_candidates(seq_len: int, max_span_width: int, device: torch.device) -> 
     """All spans of width 1..W over T positions, width by width (all width-1 spans first), as the port.
 
     Returns:
-        starts, ends: [N] with N = W*T - W*(W-1)/2, inclusive ends.
+        starts, ends: [S] with S = W*T - W*(W-1)/2, inclusive ends.
     """
     starts = [torch.arange(seq_len - w + 1, device=device) for w in range(1, max_span_width + 1)]
     ends = [torch.arange(w - 1, seq_len, device=device) for w in range(1, max_span_width + 1)]
@@ -100,11 +100,11 @@ class RealmReaderProjection(nn.Module):
             block_mask: [R, T], true where the token belongs to the evidence block.
 
         Returns:
-            span logits [R, N] (spans leaving the block get finfo.min), starts [N], ends [N].
+            span logits [R, S] (spans leaving the block get finfo.min), starts [S], ends [S].
         """
         starts, ends = span_candidates(hidden.shape[1], self.max_span_width, hidden.device)
-        start_proj, end_proj = self.dense_intermediate(hidden).chunk(2, dim=-1)  # 2 x [R, T, S]
-        span_hidden = start_proj[:, starts] + end_proj[:, ends]  # [R, N, S]
-        logits = self.dense_output(self.layer_normalization(self.relu(span_hidden))).squeeze(-1)  # [R, N]
-        inside = block_mask[:, starts].bool() & block_mask[:, ends].bool()  # [R, N]
+        start_proj, end_proj = self.dense_intermediate(hidden).chunk(2, dim=-1)  # 2 x [R, T, Hs]
+        span_hidden = start_proj[:, starts] + end_proj[:, ends]  # [R, S, Hs]
+        logits = self.dense_output(self.layer_normalization(self.relu(span_hidden))).squeeze(-1)  # [R, S]
+        inside = block_mask[:, starts].bool() & block_mask[:, ends].bool()  # [R, S]
         return logits + mask_to_score(inside, logits.dtype), starts, ends

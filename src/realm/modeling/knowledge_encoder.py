@@ -1,6 +1,6 @@
 """`RealmKnowledgeAugEncoder`: reads `[CLS] masked query [SEP] block [SEP]` and predicts the masked tokens.
 
-With retrieval logits for the C blocks, its loss is REALM's marginal MLM loss (`realm.objectives`).
+With retrieval logits for the K blocks, its loss is REALM's marginal MLM loss (`realm.objectives`).
 """
 
 from __future__ import annotations
@@ -50,12 +50,12 @@ class RealmKnowledgeAugEncoder(RealmPreTrainedModel):
     ) -> MaskedLMOutput | tuple:
         """
         Args:
-            input_ids, attention_mask, token_type_ids: [B, C, T] (or already [B*C, T]) joint sequences.
-            relevance_score: [B, C] retrieval logits; required with `labels`.
-            labels: [B, T] masked-token targets, -100 elsewhere (shared by the C candidates).
+            input_ids, attention_mask, token_type_ids: [B, K, T] (or already [B*K, T]) joint sequences.
+            relevance_score: [B, K] retrieval logits; required with `labels`.
+            labels: [B, T] masked-token targets, -100 elsewhere (shared by the K candidates).
             mlm_mask: [B, T], 1 where a position counts in the loss's denominator.
         Returns:
-            `MaskedLMOutput` with `logits` [B*C, T, V] and `loss` when labels are given.
+            `MaskedLMOutput` with `logits` [B*K, T, V] and `loss` when labels are given.
         """
         if labels is not None and relevance_score is None:
             raise ValueError("You have to specify `relevance_score` when `labels` is specified in order to compute loss.")
@@ -69,7 +69,7 @@ class RealmKnowledgeAugEncoder(RealmPreTrainedModel):
             output_attentions=bool(output_attentions),
             output_hidden_states=bool(output_hidden_states),
         )
-        logits = self.cls(trunk.last_hidden_state)  # [B*C, T, V]
+        logits = self.cls(trunk.last_hidden_state)  # [B*K, T, V]
         loss = None
         if labels is not None:
             b, t = labels.shape

@@ -1,6 +1,6 @@
 """`RealmForOpenQA`: question -> embed -> retrieve top-K blocks -> read -> answer span (Sec. 3.5 of the spec).
 
-Shapes: B questions, Q question tokens, N_blocks corpus blocks, D retriever_proj_size, K retrieved blocks
+Shapes: B questions, Q question tokens, N corpus blocks, D retriever_proj_size, K retrieved blocks
 (searcher_beam_size when training, reader_beam_size in eval), R blocks read, T reader tokens, H hidden.
 """
 

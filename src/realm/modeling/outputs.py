@@ -39,7 +39,7 @@ class RealmEmbedderOutput(ModelOutput):
 
 @dataclass
 class RealmScorerOutput(ModelOutput):
-    """`relevance_score` [B, C] retrieval logits, `query_score` [B, D], `candidate_score` [B, C, D]."""
+    """`relevance_score` [B, K] retrieval logits, `query_score` [B, D], `candidate_score` [B, K, D]."""
 
     relevance_score: torch.Tensor | None = None
     query_score: torch.Tensor | None = None
@@ -48,7 +48,7 @@ class RealmScorerOutput(ModelOutput):
 
 @dataclass
 class MaskedLMOutput(ModelOutput):
-    """`loss` (marginal MLM loss, when labels are given) and `logits` [B*C, T, V]."""
+    """`loss` (marginal MLM loss, when labels are given) and `logits` [B*K, T, V]."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None

@@ -1,6 +1,6 @@
 """`RealmReader`: extracts the answer span from the retrieved blocks and computes the fine-tuning losses.
 
-Shapes: K retrieved blocks, R blocks read (the first R of the K), T tokens, H hidden, N span candidates,
+Shapes: K retrieved blocks, R blocks read (the first R of the K), T tokens, H hidden, S span candidates,
 A gold spans per block.
 """
 
@@ -97,23 +97,23 @@ class RealmReader(RealmPreTrainedModel):
         ).last_hidden_state.view(b, r, t, -1)
 
     def span_scores(
-        self, hidden: torch.Tensor, relevance_score: torch.Tensor, block_mask: torch.Tensor
+        self, hidden: torch.Tensor, retrieval_logits: torch.Tensor, block_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Joint scores of every (block, span): span logit + the block's retrieval logit.
 
         Args:
-            hidden: [R, T, H]; relevance_score: [>= R]; block_mask: [>= R, T].
+            hidden: [R, T, H]; retrieval_logits: [>= R] (`forward`'s `relevance_score`); block_mask: [>= R, T].
         Returns:
-            reader logits [R, N] (spans leaving the block get finfo.min), span starts [N], ends [N].
+            reader logits [R, S] (spans leaving the block get finfo.min), span starts [S], ends [S].
         """
         r = hidden.shape[0]
-        span_logits, starts, ends = self.qa_outputs(hidden, block_mask[:r])  # [R, N], [N], [N]
-        return span_logits + relevance_score[:r, None], starts, ends
+        span_logits, starts, ends = self.qa_outputs(hidden, block_mask[:r])  # [R, S], [S], [S]
+        return span_logits + retrieval_logits[:r, None], starts, ends
 
     def read(
         self,
         hidden: torch.Tensor,
-        relevance_score: torch.Tensor,
+        retrieval_logits: torch.Tensor,
         block_mask: torch.Tensor,
         start_positions: torch.Tensor | None = None,
         end_positions: torch.Tensor | None = None,
@@ -126,14 +126,14 @@ class RealmReader(RealmPreTrainedModel):
             Others: as in `forward`.
         """
         r, t, _ = hidden.shape
-        if relevance_score.shape[0] < r or block_mask.shape[0] < r:
+        if retrieval_logits.shape[0] < r or block_mask.shape[0] < r:
             raise ValueError(
-                f"{r} blocks are read but relevance_score has {relevance_score.shape[0]} entries and block_mask "
+                f"{r} blocks are read but relevance_score has {retrieval_logits.shape[0]} entries and block_mask "
                 f"{block_mask.shape[0]} rows; both need at least one per block read"
             )
         # Read.
-        reader_logits, starts, ends = self.span_scores(hidden, relevance_score, block_mask)  # [R, N], [N], [N]
-        return self.score_spans(reader_logits, starts, ends, t, relevance_score, start_positions, end_positions, has_answers)
+        reader_logits, starts, ends = self.span_scores(hidden, retrieval_logits, block_mask)  # [R, S], [S], [S]
+        return self.score_spans(reader_logits, starts, ends, t, retrieval_logits, start_positions, end_positions, has_answers)
 
     def score_spans(
         self,
@@ -141,7 +141,7 @@ class RealmReader(RealmPreTrainedModel):
         starts: torch.Tensor,
         ends: torch.Tensor,
         seq_len: int,
-        relevance_score: torch.Tensor,
+        retrieval_logits: torch.Tensor,
         start_positions: torch.Tensor | None = None,
         end_positions: torch.Tensor | None = None,
         has_answers: torch.Tensor | None = None,
@@ -149,7 +149,7 @@ class RealmReader(RealmPreTrainedModel):
         """The prediction and losses from joint span scores (`span_scores`' output).
 
         Args:
-            reader_logits: [R, N]; starts, ends: [N]; seq_len: T. Others: as in `forward`.
+            reader_logits: [R, S]; starts, ends: [S]; seq_len: T. Others: as in `forward`.
         """
         r, t = reader_logits.shape[0], seq_len
         block_idx = reader_logits.max(dim=1).values.argmax()  # []
@@ -168,8 +168,8 @@ class RealmReader(RealmPreTrainedModel):
         gold_starts = torch.as_tensor(start_positions, device=device).clamp(-1, t)[:r]  # [R, A]
         gold_ends = torch.as_tensor(end_positions, device=device).clamp(-1, t)[:r]  # [R, A]
         has_answers = torch.as_tensor(has_answers, device=device).bool()  # [K]
-        reader_correct = correct_spans(starts, ends, gold_starts, gold_ends)  # [R, N]
-        retriever_loss, reader_loss = reader_losses(relevance_score, reader_logits, has_answers, reader_correct)
+        reader_correct = correct_spans(starts, ends, gold_starts, gold_ends)  # [R, S]
+        retriever_loss, reader_loss = reader_losses(retrieval_logits, reader_logits, has_answers, reader_correct)
         out.loss = (retriever_loss + reader_loss).mean()
         out.retriever_loss, out.reader_loss = retriever_loss, reader_loss
         out.retriever_correct, out.reader_correct = has_answers, reader_correct

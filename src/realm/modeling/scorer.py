@@ -1,4 +1,4 @@
-"""`RealmScorer`: retrieval logits of given candidate blocks, `relevance[b, c] = q_b . d_bc` (Sec. 3.2)."""
+"""`RealmScorer`: retrieval logits of given candidate blocks, `relevance_score[b, k] = q_b . d_bk` (the retrieval logit; the port's field name) (Sec. 3.2)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from realm.modeling.pretrained import RealmPreTrainedModel
 
 
 def flatten_candidates(x: torch.Tensor | None) -> torch.Tensor | None:
-    """[B, C, T] -> [B*C, T]; tensors with at most two axes pass through (the port's `_flatten_inputs`)."""
+    """[B, K, T] -> [B*K, T]; tensors with at most two axes pass through (the port's `_flatten_inputs`)."""
     if x is None or x.dim() <= 2:
         return x
     return x.reshape(-1, x.shape[-1])
@@ -49,10 +49,10 @@ class RealmScorer(RealmPreTrainedModel):
         """
         Args:
             input_ids, attention_mask, token_type_ids: [B, T] queries.
-            candidate_input_ids, candidate_attention_mask, candidate_token_type_ids: [B, C, T'] blocks.
-            candidate_inputs_embeds: [B*C, T', H] instead of `candidate_input_ids`.
+            candidate_input_ids, candidate_attention_mask, candidate_token_type_ids: [B, K, T'] blocks.
+            candidate_inputs_embeds: [B*K, T', H] instead of `candidate_input_ids`.
         Returns:
-            `RealmScorerOutput`: relevance_score [B, C], query_score [B, D], candidate_score [B, C, D].
+            `RealmScorerOutput`: relevance_score [B, K], query_score [B, D], candidate_score [B, K, D].
         """
         if input_ids is None and inputs_embeds is None:
             raise ValueError("You have to specify either input_ids or input_embeds.")
@@ -82,8 +82,8 @@ class RealmScorer(RealmPreTrainedModel):
             inputs_embeds=candidate_inputs_embeds,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
-        ).projected_score  # [B*C, D]
-        candidate_score = candidate_score.view(-1, num_candidates, candidate_score.shape[-1])  # [B, C, D]
-        relevance_score = torch.einsum("bd,bcd->bc", query_score, candidate_score)  # [B, C]
+        ).projected_score  # [B*K, D]
+        candidate_score = candidate_score.view(-1, num_candidates, candidate_score.shape[-1])  # [B, K, D]
+        relevance_score = torch.einsum("bd,bcd->bc", query_score, candidate_score)  # [B, K]
         out = RealmScorerOutput(relevance_score, query_score, candidate_score)
         return out.to_tuple() if return_dict is False else out

@@ -14,7 +14,7 @@ not on word overlap; keeping it 10% of the time keeps word overlap useful. As th
 embedder serves both towers. Blocks are laid out exactly as `realm.inputs.block_inputs` feeds them to
 the index builder, so the embedder is trained on the inputs it will later be asked to index.
 
-Shapes: B local batch, W processes, D projection dim, Lq query length, Lb block length.
+Shapes: B local batch, W processes, D projection dim, Q query length, T block length.
 """
 
 from __future__ import annotations
@@ -156,8 +156,8 @@ class ICTExampleGenerator:
 
 
 def collate_ict(examples: Sequence[ICTExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch: ``query_input_ids``/``query_attention_mask`` [B, Lq], ``block_input_ids``,
-    ``block_attention_mask``, ``block_token_type_ids`` [B, Lb] (types 0 on padding), all int64."""
+    """Right-pad a batch: ``query_input_ids``/``query_attention_mask`` [B, Q], ``block_input_ids``,
+    ``block_attention_mask``, ``block_token_type_ids`` [B, T] (types 0 on padding), all int64."""
     if not examples:
         raise ValueError("collate_ict needs at least one example")
     query_ids, query_mask = collate_questions([e.query_ids for e in examples], pad_id)
@@ -179,7 +179,7 @@ def gather_blocks(blocks: torch.Tensor) -> tuple[torch.Tensor, int]:
     collective and the padding is dropped.
 
     Returns:
-        ``(all_blocks [N, D], offset)``: ``offset`` is where this process's blocks start in ``all_blocks``.
+        ``(all_blocks [G, D], offset)``: ``offset`` is where this process's blocks start in ``all_blocks``.
     """
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return blocks, 0
@@ -228,7 +228,7 @@ class ICTModel(nn.Module):
         block_attention_mask: torch.Tensor,
         block_token_type_ids: torch.Tensor,
     ) -> ICTOutput:
-        """Inputs as `collate_ict` makes them: [B, Lq] queries and [B, Lb] blocks."""
+        """Inputs as `collate_ict` makes them: [B, Q] queries and [B, T] blocks."""
         query = self.embedder(
             query_input_ids,
             attention_mask=query_attention_mask,

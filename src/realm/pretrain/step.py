@@ -5,12 +5,12 @@ For a batch of masked sentences x (salient spans replaced by [MASK]):
     Embed.      q = Embed_query(x)                                              [B, D]
     Retrieve.   the top `num_candidates` blocks of the CURRENT index by q . e, without gradient; the
                 sentence's own source block removed (else the masked tokens could be copied from it);
-                the null block (empty title and text) put first; C = num_candidates candidates in all.
-    Re-embed.   the C candidates with the document tower WITH gradient: the index only selects blocks,
+                the null block (empty title and text) put first; K = num_candidates candidates in all.
+    Re-embed.   the K candidates with the document tower WITH gradient: the index only selects blocks,
                 the scores are fresh, so the document tower learns even though the index is stale.
-                retrieval_logits = q . Embed_doc(z)                               [B, C]
+                retrieval_logits = q . Embed_doc(z)                               [B, K]
     Read.       the knowledge-augmented encoder over `[CLS] x [SEP] z.text [SEP]` (the original drops the
-                block's title here) -> MLM logits at the masked positions          [B, C, M, V]
+                block's title here) -> MLM logits at the masked positions          [B, K, M, V]
     Marginalise. per masked token (the released code's loss, the default) or per sentence (the paper's
                 Eq. 2), see `realm.objectives`. The gradient reaches the query tower, the document tower
                 and the encoder.
@@ -22,7 +22,7 @@ masked-token accuracy of the marginal prediction and of the null block's.
 Only the masked positions go through the MLM head: the V-wide projection of every position of every
 (sentence, block) pair would dominate the step and change no number.
 
-Shapes: B sentences, Q sentence tokens, C candidates (null first), T joint tokens, M masks per sentence
+Shapes: B sentences, Q sentence tokens, K candidates (null first), T joint tokens, M masks per sentence
 (at most), H hidden, V vocab, D projection.
 """
 
@@ -71,7 +71,7 @@ class PretrainOutput:
         marginal_log_likelihood: [] summed over masked tokens, log p(y_t | x) marginalised per token.
         null_log_likelihood: [] summed over masked tokens, log p(y_t | null block, x).
         correct: [] masked tokens the marginal prediction gets right; null_correct: ... the null block's.
-        candidate_ids: [B, C] the candidates' block ids, -1 for the null block.
+        candidate_ids: [B, K] the candidates' block ids, -1 for the null block.
     """
 
     loss: torch.Tensor
@@ -187,14 +187,14 @@ class RealmPretrainer(nn.Module):
             exclude=source_block.tolist(), null_block=True,
             embed_blocks=lambda ids: self.embed_candidates(ids, device), timer=self._timed,
         )  # fmt: skip
-        candidate_ids, retrieval_logits = retrieved.block_ids, retrieved.retrieval_logits  # [B, C], -1 = null
+        candidate_ids, retrieval_logits = retrieved.block_ids, retrieved.retrieval_logits  # [B, K], -1 = null
 
         # Read.
         sentences = [row[mask.bool()].tolist() for row, mask in zip(input_ids.cpu(), attention_mask.cpu(), strict=True)]
         joint = self.joint_inputs(sentences, candidate_ids, device)
         positions, masked_labels, mlm_mask = masked_positions(labels)  # each [B, M]
         with self._timed("encoder"):
-            logits = self.masked_logits(joint, positions.to(device))  # [B, C, M, V]
+            logits = self.masked_logits(joint, positions.to(device))  # [B, K, M, V]
         masked_labels, mlm_mask = masked_labels.to(device), mlm_mask.to(device)
 
         # Marginalise.
@@ -209,7 +209,7 @@ class RealmPretrainer(nn.Module):
     # -- the parts ---------------------------------------------------------------------------------
 
     def embed_candidates(self, candidate_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """[B, C, D] document-tower embeddings of the candidates, as the index builder feeds blocks."""
+        """[B, K, D] document-tower embeddings of the candidates, as the index builder feeds blocks."""
         b, c = candidate_ids.shape
         real = candidate_ids[:, 1:].reshape(-1).tolist()
         titles, texts = self.store.title_ids(real), self.store.token_ids(real)
@@ -217,14 +217,14 @@ class RealmPretrainer(nn.Module):
         sequences = [block_inputs([], [], self.cls_id, self.sep_id, self.block_seq_len)]
         sequences += [block_inputs(t, x, self.cls_id, self.sep_id, self.block_seq_len) for t, x in zip(titles, texts, strict=True)]
         ids, types, mask = pad_sequences([s for s, _ in sequences], [t for _, t in sequences], self.pad_id, device)
-        emb = self.block_embedder(ids, attention_mask=mask, token_type_ids=types).projected_score  # [1 + B(C-1), D]
+        emb = self.block_embedder(ids, attention_mask=mask, token_type_ids=types).projected_score  # [1 + B(K-1), D]
         null, rest = emb[:1], emb[1:].view(b, c - 1, emb.shape[-1])
         return torch.cat([null.expand(b, 1, -1), rest], dim=1)
 
     def joint_inputs(
         self, sentences: Sequence[Sequence[int]], candidate_ids: torch.Tensor, device: torch.device
     ) -> dict[str, torch.Tensor]:
-        """`[CLS] sentence [SEP] text [SEP]` for every (sentence, candidate): each [B, C, T] (types 0 | 1)."""
+        """`[CLS] sentence [SEP] text [SEP]` for every (sentence, candidate): each [B, K, T] (types 0 | 1)."""
         b, c = candidate_ids.shape
         texts = self.store.token_ids([i for i in candidate_ids.reshape(-1).tolist() if i >= 0])
         ids, types, cursor = [], [], 0
@@ -242,16 +242,16 @@ class RealmPretrainer(nn.Module):
         return {"input_ids": ids_t.view(shape), "token_type_ids": types_t.view(shape), "attention_mask": mask_t.view(shape)}
 
     def masked_logits(self, joint: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
-        """[B, C, M, V] MLM logits of the encoder at the masked positions of each (sentence, block) pair."""
+        """[B, K, M, V] MLM logits of the encoder at the masked positions of each (sentence, block) pair."""
         b, c, t = joint["input_ids"].shape
         hidden = self.encoder.realm(
             joint["input_ids"].view(b * c, t),
             attention_mask=joint["attention_mask"].view(b * c, t),
             token_type_ids=joint["token_type_ids"].view(b * c, t),
-        ).last_hidden_state.view(b, c, t, -1)  # [B, C, T, H]
+        ).last_hidden_state.view(b, c, t, -1)  # [B, K, T, H]
         m = positions.shape[1]
         index = positions[:, None, :, None].expand(b, c, m, hidden.shape[-1])
-        return self.encoder.cls(hidden.gather(2, index))  # [B, C, M, V]
+        return self.encoder.cls(hidden.gather(2, index))  # [B, K, M, V]
 
 
 def masked_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -278,10 +278,10 @@ def _statistics(
 ) -> dict[str, torch.Tensor]:
     """Sums over the masked tokens: marginal and null log-likelihoods, correct predictions of each."""
     mask = mlm_mask.float()
-    token_logp = candidate_token_log_probs(logits, labels)  # [B, C, M]
+    token_logp = candidate_token_log_probs(logits, labels)  # [B, K, M]
     marginal = marginal_token_log_likelihood(token_logp, retrieval_logits)  # [B, M]
     null = token_logp[:, 0]  # [B, M] log p(y_t | null, x): the null block is candidate 0
-    block_logp = retrieval_logits.float().log_softmax(dim=-1)  # [B, C]
+    block_logp = retrieval_logits.float().log_softmax(dim=-1)  # [B, K]
     # The marginal prediction: argmax_y sum_c p(z_c | x) p(y | z_c, x).
     predictive = (block_logp[:, :, None, None] + logits.float().log_softmax(dim=-1)).logsumexp(dim=1)  # [B, M, V]
     correct = (predictive.argmax(dim=-1) == labels).float() * mask

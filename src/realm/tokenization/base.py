@@ -252,7 +252,7 @@ class RealmTokenizerBase:
     def batch_encode_candidates(
         self, text: Sequence[Sequence[str]], text_pair: Sequence[Sequence[str]] | None = None, **kwargs: Any
     ) -> BatchEncoding:
-        """Encode ``[batch][num_candidates]`` texts (or pairs) into ``[B, C, L]`` fields (spec 4.2).
+        """Encode ``[batch][num_candidates]`` texts (or pairs) into ``[B, K, T]`` fields (spec 4.2).
 
         Every candidate is padded to ``max_length`` (``model_max_length`` if not given) so the
         candidates stack; nothing is truncated unless ``truncation`` is passed. Returns
