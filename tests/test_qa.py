@@ -22,6 +22,8 @@ QUESTIONS = ["the capital of france?", "which city has the eiffel tower?"]
 class TextRecordingIndex(ExactIndex):
     """A stand-in for a hybrid index: it needs the questions' strings and records what it was given."""
 
+    wants_texts = True
+
     def __init__(self, embeddings: torch.Tensor) -> None:
         super().__init__(embeddings)
         self.seen: list[list[str] | None] = []
@@ -58,6 +60,10 @@ def test_pipeline_hands_the_question_strings_to_the_index(setup) -> None:
     pipeline = Pipeline(model.embedder, model.reader, store, index, tokenizer=tokenizer, k=3)
     answers = pipeline.ask(QUESTIONS)
     assert index.seen == [QUESTIONS]  # one search for the batch, with its strings
+    dense = TextRecordingIndex(model.block_emb.clone())
+    dense.wants_texts = False  # a dense index: never handed the strings
+    Pipeline(model.embedder, model.reader, store, dense, tokenizer=tokenizer, k=3).ask(QUESTIONS)
+    assert dense.seen == [None]
     plain = Pipeline(model.embedder, model.reader, store, ExactIndex(model.block_emb.clone()), tokenizer=tokenizer, k=3)
     assert [a.to_dict() for a in answers] == [a.to_dict() for a in plain.ask(QUESTIONS)]
 

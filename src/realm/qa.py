@@ -14,8 +14,8 @@ spans, goes through here (`Pipeline`, `RealmForOpenQA`, fine-tuning's `OpenQAFin
                -> span logits + retrieval logit (joint scores), the prediction, and with answers the
                ORQA losses                                                                   [B][R, S]
 
-The index sees the questions' strings when the caller has them (`texts`): dense indexes ignore them; an
-index that also scores text (a sparse or hybrid one) uses them. See `realm.index.base.Index.search`.
+The index sees the questions' strings when the caller has them (`texts`) and the index asks for them
+(`Index.wants_texts`, a sparse or hybrid index); dense indexes never see them. See `realm.index.base`.
 
 Shapes: the README's glossary (B questions, Q question tokens, K retrieved, R read, T reader tokens, H hidden,
 S span candidates, A gold spans per block, D projection).
@@ -84,7 +84,8 @@ def retrieve(
         index: any `realm.index.Index`; `index.search` is the only place candidates are chosen.
         input_ids, attention_mask, token_type_ids: [B, Q] questions (`[CLS] ... [SEP]`); types default to 0.
         k: blocks returned per question, the null block included (at most the index size).
-        texts: the questions' strings, handed to `index.search` (dense indexes ignore them).
+        texts: the questions' strings, handed to `index.search` when the index asks for them
+            (`Index.wants_texts`: a sparse or hybrid index).
         exclude: per question a block id never to return (its source block; -1 for none). One more block
             is searched for, so that K blocks remain once it is dropped.
         null_block: put the null block (id -1) first; the index then supplies k - 1 blocks. With k = 1
@@ -133,7 +134,9 @@ def search_blocks(
         block_ids, scores = torch.empty((batch, 0), dtype=torch.long), torch.empty((batch, 0))
     else:
         extra = int(exclude is not None)  # room for the excluded block
-        found = index.search(query.detach().float(), wanted + extra, texts=texts)  # [B, K']
+        # Only an index that asks for the strings gets them: an Index written to the two-argument contract works.
+        text_args = {"texts": texts} if texts is not None and index.wants_texts else {}
+        found = index.search(query.detach().float(), wanted + extra, **text_args)  # [B, K']
         block_ids, scores = _usable(found.ids.cpu(), found.scores, wanted, exclude)  # [B, K - null]
     if null_block:
         block_ids = torch.cat([torch.full((batch, 1), NULL_BLOCK, dtype=torch.long), block_ids], dim=1)  # [B, K]

@@ -14,11 +14,13 @@ Contract of `Index.search(queries [B, D], k, texts=None) -> SearchResult(scores 
   embeddings, whose products are exact, tie exactly;
 - approximate indexes (IVF with a small `nprobe`) may find fewer than K vectors for a query: the missing
   slots hold id -1 and score -inf, after every real hit;
-- `texts` are the queries' strings (one per row, or None when the caller has none). Dense indexes ignore
-  them; an index that also scores text (a sparse BM25 or a hybrid dense + sparse index) uses them, and
-  raises a ValueError naming the fix when it needs them and gets None. Every caller searches through
-  `realm.qa.search_blocks` (the one call site of `Index.search` in the package), which hands the questions'
-  strings on whenever it has them, so such an index plugs in with no other change.
+- `texts` are the queries' strings (one per row). An index that also scores text (a sparse BM25 or a hybrid
+  dense + sparse index) sets the class attribute `wants_texts = True`, reads them, and raises a ValueError
+  naming the fix when it gets None (a caller without strings, e.g. `RealmForOpenQA` on token ids). Every
+  caller searches through `realm.qa.search_blocks` (the one call site of `Index.search` in the package),
+  which hands the questions' strings to an index that wants them whenever the caller has them (`Pipeline`,
+  hence `realm ask`, `realm serve`, `realm evaluate`), so such an index plugs in with no other change.
+  Dense indexes (`wants_texts = False`) are never passed `texts`.
 
 The embeddings must be finite: NaN scores have no defined order.
 """
@@ -28,7 +30,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -48,6 +50,9 @@ class SearchResult(NamedTuple):
 class Index(ABC):
     """Maximum inner product search over N stored D-dimensional vectors."""
 
+    # True for an index that scores the queries' text too: `realm.qa.search_blocks` then passes `texts`.
+    wants_texts: ClassVar[bool] = False
+
     @property
     @abstractmethod
     def dim(self) -> int:
@@ -64,7 +69,7 @@ class Index(ABC):
         Args:
             queries: [B, D] floating tensor on any device.
             k: hits wanted per query (>= 1); clamped to N.
-            texts: the B queries' strings, for indexes that score text; dense indexes ignore them.
+            texts: the B queries' strings, passed only to an index with `wants_texts` (see the module doc).
         Returns:
             SearchResult(scores [B, min(k, N)] float32, ids [B, min(k, N)] int64) on the queries' device.
         """
