@@ -56,3 +56,35 @@ def atomic_save_npy(path: str | os.PathLike[str], array: np.ndarray) -> Path:
             np.save(f, array, allow_pickle=False)
 
     return atomic_write(path, write)
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary directory beside `path`; when the block finishes, swap it in as `path`.
+
+    An existing `path` is renamed aside first and deleted after the swap: a crash between the two renames
+    leaves the old directory under `.{name}.old-*` and no `path` (never a half-written one). If the block
+    raises, the temporary directory is deleted and `path` is untouched.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the published directory is for sharing
+    try:
+        yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

@@ -1,6 +1,7 @@
 """The `realm` command. The only module that parses arguments and prints.
 
-Verbs: `demo`; `blocks build|import` (corpus -> block store); `index build|add` (block store -> embeddings);
+Verbs: `demo`; `blocks build|import` (corpus -> block store); `index build|add` (block store -> embeddings),
+`index build-sparse` (block store -> BM25);
 `ask` and `evaluate` (questions -> answers with evidence); `serve` (HTTP API and web page);
 `finetune` (ORQA/REALM Open-QA fine-tuning); `init --from-bert` (REALM checkpoints from a BERT checkpoint);
 `pretrain` (REALM pre-training or the ICT warm start) and `pretrain-refresh` (its asynchronous index refresher).
@@ -145,6 +146,15 @@ def _index_build(args: argparse.Namespace) -> int:
             f"{result.out_dir}: {result.count:,} block embeddings ({result.chunks_embedded} chunk(s) embedded here, "
             f"{result.chunks_skipped} already done) in {result.seconds:.1f} s"
         )
+    return 0
+
+
+def _index_build_sparse(args: argparse.Namespace) -> int:
+    from realm.index.sparse import SparseConfig, build_sparse_index
+
+    config = SparseConfig(k1=args.k1, b=args.b, stemmer=None if args.no_stem else "english")
+    index = build_sparse_index(args.store, args.out, config, progress=not args.no_progress)
+    print(f"{args.out}: BM25 over {len(index):,} blocks ({'no stemming' if args.no_stem else 'stemmed'})")
     return 0
 
 
@@ -341,6 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     ibuild.add_argument("--device", default="cpu", help="cpu, cuda (each torchrun rank takes its own GPU)")
     ibuild.add_argument("--no-progress", action="store_true")
     ibuild.set_defaults(run=_index_build)
+
+    isparse = index.add_parser("build-sparse", help="BM25 over the block texts (for hybrid retrieval; bm25s)")
+    isparse.add_argument("--store", required=True, help="block store directory")
+    isparse.add_argument("--out", required=True, help="sparse index directory to write (replaced if it is one)")
+    isparse.add_argument("--no-stem", action="store_true", help="index the words as they are (default: Snowball English)")
+    isparse.add_argument("--k1", type=float, default=1.5, help="BM25 term-frequency saturation")
+    isparse.add_argument("--b", type=float, default=0.75, help="BM25 length normalisation")
+    isparse.add_argument("--no-progress", action="store_true")
+    isparse.set_defaults(run=_index_build_sparse)
 
     iadd = index.add_parser("add", help="add documents to a block store and its index (embeds only the new blocks)")
     iadd.add_argument("input", help="documents, as for `realm blocks build`")
