@@ -1,5 +1,5 @@
 """Search indexes over the block-embedding matrix: exact (chunked), FAISS (optional extra), sharded;
-BM25 over the block texts (optional extra).
+BM25 over the block texts (optional extra) and the hybrid of both.
 
     from realm.index import ExactIndex, open_index
 
@@ -8,7 +8,7 @@ BM25 over the block texts (optional extra).
     block_emb = index.reconstruct(ids)           # [B, 8, D] exact float32 vectors (for retrieval logits)
 
 Directory layout and manifest: `realm.index.embeddings`. Search contract: `realm.index.base`. BM25:
-`realm.index.sparse`.
+`realm.index.sparse`; fusion: `realm.index.hybrid`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from realm.index.embeddings import (
 )
 from realm.index.exact import ExactIndex
 from realm.index.faiss_index import FaissIndex
+from realm.index.hybrid import HybridIndex, reciprocal_rank_fusion
 from realm.index.sharded import ShardedIndex, shard_bounds
 from realm.index.sparse import SparseConfig, SparseIndex
 
@@ -38,6 +39,7 @@ __all__ = [
     "MANIFEST_NAME",
     "ExactIndex",
     "FaissIndex",
+    "HybridIndex",
     "Index",
     "IndexManifest",
     "SearchResult",
@@ -49,6 +51,7 @@ __all__ = [
     "open_embeddings",
     "open_index",
     "read_manifest",
+    "reciprocal_rank_fusion",
     "shard_bounds",
     "write_embeddings",
     "write_manifest",
