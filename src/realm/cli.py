@@ -399,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     ev = commands.add_parser("evaluate", help="EM / regex EM and retrieval recall@k on a QA JSONL file")
-    ev.add_argument("--data", required=True, help='JSONL {"question": str, "answer": [str, ...]} per line')
+    ev.add_argument("--data", required=True,
+                    help='JSONL {"question": str, "answer": [str, ...], optional "title": gold article} per line')  # fmt: skip
     add_pipeline_args(ev)
     ev.add_argument("--regex", action="store_true", help="answers are regexes (CuratedTrec)")
     ev.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 20, 100])
