@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from realm.corpus import BlockStore
-from realm.index import ExactIndex, HybridIndex, SparseIndex, reciprocal_rank_fusion
+from realm.index import ExactIndex, HybridIndex, SparseIndex, reciprocal_rank_fusion, weighted_score_fusion
 from tests.test_sparse import DOCUMENTS, QUESTIONS, make_store
 
 
@@ -96,3 +96,56 @@ def test_hybrid_index_equals_the_fusion_formula(store) -> None:
         HybridIndex(ExactIndex(vectors[:3]), sparse)
     with pytest.raises(NotImplementedError, match="save its parts"):
         hybrid.save("unused")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Weighted score fusion.
+
+
+def test_weighted_fusion_against_values_written_out() -> None:
+    ids = torch.tensor([[4, 7, 9, -1]])
+    dense = torch.tensor([[2.0, 1.0, 0.0, 5.0]])  # the padding's 5.0 must not enter the min-max
+    bm25 = torch.tensor([[0.0, 5.0, 10.0, 0.0]])
+    # min-max: dense -> [1, 0.5, 0], BM25 -> [0, 0.5, 1]
+    scores, out = weighted_score_fusion(ids, dense, bm25, k=4, weight=0.5)  # [1, 0.75, 0.5]
+    assert out.tolist() == [[4, 7, 9, -1]]
+    np.testing.assert_allclose(scores[0, :3].numpy(), [1.0, 0.75, 0.5])
+    assert scores[0, 3] == float("-inf")
+    scores, out = weighted_score_fusion(ids, dense, bm25, k=2, weight=2.0)  # [1, 1.5, 2]
+    assert out.tolist() == [[9, 7]] and scores[0].tolist() == [2.0, 1.5]
+    _, out = weighted_score_fusion(ids, dense, bm25, k=3, weight=1.0)  # [1, 1, 1]: a tie, lower id first
+    assert out.tolist() == [[4, 7, 9]]
+    # a constant column (e.g. no candidate shares a token with the question) adds nothing
+    _, out = weighted_score_fusion(ids, dense, torch.zeros(1, 4), k=3, weight=5.0)
+    assert out.tolist() == [[4, 7, 9]]
+
+
+def test_weighted_hybrid_index_equals_the_formula(store) -> None:
+    torch.manual_seed(1)
+    n, dim, depth, k, weight = len(store), 8, 3, 3, 0.4
+    vectors = torch.randn(n, dim)
+    sparse = SparseIndex.build(store, progress=False)
+    hybrid = HybridIndex(ExactIndex(vectors), sparse, depth=depth, fusion="weighted", weight=weight)
+    queries = torch.randn(len(QUESTIONS), dim)
+    result = hybrid.search(queries, k, texts=QUESTIONS)
+    products, bm25 = queries @ vectors.T, sparse.scores(QUESTIONS)
+    reordered = 0
+    for b in range(len(QUESTIONS)):
+        dense_top = sorted(range(n), key=lambda i: (-products[b, i].item(), i))[:depth]
+        sparse_top = [i for i in sorted(range(n), key=lambda i: (-bm25[b, i].item(), i)) if bm25[b, i] > 0][:depth]
+        union = sorted(set(dense_top) | set(sparse_top))
+
+        def scaled(values: list[float]) -> list[float]:
+            low, high = min(values), max(values)
+            return [(v - low) / (high - low) if high > low else 0.0 for v in values]
+
+        fused = dict(zip(union, (d + weight * s for d, s in zip(scaled([products[b, i].item() for i in union]),
+                                                                 scaled([bm25[b, i].item() for i in union]),
+                                                                 strict=True)), strict=True))  # fmt: skip
+        expected = sorted(union, key=lambda i: (-fused[i], i))[:k]
+        assert result.ids[b].tolist() == expected
+        torch.testing.assert_close(result.scores[b], products[b, expected])
+        reordered += expected != dense_top[:k]
+    assert reordered >= 2  # BM25 changed the ranking (the check would pass trivially otherwise)
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        HybridIndex(ExactIndex(vectors), sparse, fusion="max")

@@ -30,7 +30,7 @@ from realm.index.embeddings import (
 )
 from realm.index.exact import ExactIndex
 from realm.index.faiss_index import FaissIndex
-from realm.index.hybrid import HybridIndex, reciprocal_rank_fusion
+from realm.index.hybrid import HybridIndex, reciprocal_rank_fusion, weighted_score_fusion
 from realm.index.sharded import ShardedIndex, shard_bounds
 from realm.index.sparse import SparseConfig, SparseIndex
 
@@ -53,6 +53,7 @@ __all__ = [
     "read_manifest",
     "reciprocal_rank_fusion",
     "shard_bounds",
+    "weighted_score_fusion",
     "write_embeddings",
     "write_manifest",
 ]

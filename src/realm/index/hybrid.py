@@ -12,6 +12,11 @@ rank learning methods"): each list contributes 1 / (k0 + rank) for every block i
 a block's fused score is the sum of its contributions, and the fused ranking sorts by it (ties: lower
 block id first). DPR (Karpukhin et al. 2020, section 5.1) shows a dense + BM25 hybrid beating both.
 
+Or, `fusion="weighted"`, by score (as DPR's hybrid, with the scales made comparable): over the union of
+both top-`depth` lists, each of the dense and BM25 scores is min-max normalised to [0, 1] and the blocks are
+ranked by dense + weight * BM25. On the demo's corpus and human-style questions this beat RRF at every k
+(benchmarks/retrieval_quality.py; figures in the README).
+
 The hybrid chooses which blocks are read; how they are weighed stays the model's: the scores it returns
 are the dense inner products of the fused blocks (recomputed from `dense.reconstruct`), so retrieval
 probabilities and the reader's marginal over blocks are softmaxes of the embedder's own logits, as for a
@@ -26,11 +31,22 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from realm.index.base import MISSING_ID, Index, SearchResult, check_ids, check_k, check_queries, empty_result
+from realm.index.base import (
+    MISSING_ID,
+    Index,
+    SearchResult,
+    check_ids,
+    check_k,
+    check_queries,
+    empty_result,
+    order_hits,
+)
 from realm.index.sparse import SparseIndex
 
 DEFAULT_K0 = 60.0
 DEFAULT_DEPTH = 100
+DEFAULT_WEIGHT = 0.3
+FUSIONS = ("rrf", "weighted")
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Tensor], k: int, k0: float = DEFAULT_K0) -> SearchResult:
@@ -75,18 +91,74 @@ def reciprocal_rank_fusion(rankings: Sequence[Tensor], k: int, k0: float = DEFAU
     return SearchResult(scores, ids)
 
 
+def min_max(scores: Tensor, valid: Tensor) -> Tensor:
+    """Each row's valid scores mapped linearly onto [0, 1] (min -> 0, max -> 1); a constant row -> 0.
+
+    Args:
+        scores: [B, C] float. valid: [B, C] bool (False entries are ignored and come back as 0).
+    """
+    low = scores.masked_fill(~valid, float("inf")).min(dim=1, keepdim=True).values  # [B, 1]
+    high = scores.masked_fill(~valid, float("-inf")).max(dim=1, keepdim=True).values
+    span = (high - low).clamp(min=0)
+    scaled = torch.where(span > 0, (scores - low) / span.clamp(min=torch.finfo(scores.dtype).tiny), 0.0)
+    return scaled.masked_fill(~valid, 0.0)
+
+
+def weighted_score_fusion(
+    ids: Tensor, dense_scores: Tensor, sparse_scores: Tensor, k: int, weight: float = DEFAULT_WEIGHT
+) -> SearchResult:
+    """Rank candidates by min_max(dense) + weight * min_max(sparse), each normalised over the row's candidates.
+
+    Args:
+        ids: [B, C] int64 candidate block ids of each query (each id once per row; -1 pads a row).
+        dense_scores: [B, C] the dense inner products of those candidates.
+        sparse_scores: [B, C] their BM25 scores (0 for a candidate sharing no token with the question).
+        k: fused hits to keep per query (>= 1).
+        weight: BM25's weight against the dense score's 1.
+    Returns:
+        SearchResult(scores [B, min(k, C)] float64 fused scores, ids [B, min(k, C)]) best first, ties to the
+        lower id; padding (-inf, -1) last.
+    """
+    check_k(k, k)
+    if weight < 0:
+        raise ValueError(f"weight must be >= 0, got {weight}")
+    valid = ids != MISSING_ID
+    fused = min_max(dense_scores.double(), valid) + weight * min_max(sparse_scores.double(), valid)  # [B, C]
+    scores, ordered = order_hits(fused.masked_fill(~valid, float("-inf")), ids)
+    return SearchResult(scores[:, :k], ordered[:, :k])
+
+
+def candidate_union(lists: Sequence[Tensor]) -> Tensor:
+    """Each row's distinct ids over the lists, ascending, padded with -1: [B, C] with C the largest count."""
+    rows = [torch.unique(torch.cat([r[b] for r in lists])) for b in range(lists[0].shape[0])]
+    rows = [row[row != MISSING_ID] for row in rows]
+    width = max(len(row) for row in rows)
+    out = torch.full((len(rows), width), MISSING_ID, dtype=torch.int64)
+    for b, row in enumerate(rows):
+        out[b, : len(row)] = row
+    return out
+
+
 class HybridIndex(Index):
-    """A dense `Index` and a `SparseIndex` of the same blocks, fused by reciprocal rank.
+    """A dense `Index` and a `SparseIndex` of the same blocks, fused by reciprocal rank or by weighted score.
 
     Args:
         dense: the embedder's index (its vectors give the returned scores).
         sparse: BM25 over the same block store (same N, same order).
         depth: M, hits taken from each index before fusing (raised to k when k is larger).
-        k0: the reciprocal-rank constant.
+        k0: the reciprocal-rank constant (fusion "rrf").
+        fusion: "rrf" (`reciprocal_rank_fusion`) or "weighted" (`weighted_score_fusion`).
+        weight: BM25's weight (fusion "weighted").
     """
 
     def __init__(
-        self, dense: Index, sparse: SparseIndex, depth: int = DEFAULT_DEPTH, k0: float = DEFAULT_K0
+        self,
+        dense: Index,
+        sparse: SparseIndex,
+        depth: int = DEFAULT_DEPTH,
+        k0: float = DEFAULT_K0,
+        fusion: str = "rrf",
+        weight: float = DEFAULT_WEIGHT,
     ) -> None:
         if len(dense) != len(sparse):
             raise ValueError(
@@ -94,12 +166,16 @@ class HybridIndex(Index):
                 "from the same block store (realm index build / realm index build-sparse)"
             )
         check_k(depth, depth)
-        if k0 < 0:
-            raise ValueError(f"k0 must be >= 0, got {k0}")
+        if k0 < 0 or weight < 0:
+            raise ValueError(f"k0 and weight must be >= 0, got k0={k0}, weight={weight}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         self.dense = dense
         self.sparse = sparse
         self.depth = int(depth)
         self.k0 = float(k0)
+        self.fusion = fusion
+        self.weight = float(weight)
 
     @property
     def dim(self) -> int:
@@ -109,7 +185,8 @@ class HybridIndex(Index):
         return len(self.dense)
 
     def __repr__(self) -> str:
-        return f"HybridIndex({self.dense!r}, {self.sparse!r}, depth={self.depth}, k0={self.k0})"
+        fusion = f"k0={self.k0}" if self.fusion == "rrf" else f"weight={self.weight}"
+        return f"HybridIndex({self.dense!r}, {self.sparse!r}, depth={self.depth}, {self.fusion}, {fusion})"
 
     def search(self, queries: Tensor, k: int, texts: Sequence[str] | None = None) -> SearchResult:
         """The fused top-k blocks of each query, scored by the dense inner product.
@@ -133,13 +210,23 @@ class HybridIndex(Index):
         if queries.shape[0] == 0:
             return empty_result(0, k, queries.device)
         depth = max(self.depth, k)
+        texts = list(texts)
         dense_ids = self.dense.search(queries, depth).ids.cpu()  # [B, M]
-        sparse_ids = self.sparse.search_text(list(texts), depth).ids  # [B, M]
-        ids = reciprocal_rank_fusion([dense_ids, sparse_ids], k, self.k0).ids  # [B, K]
-        missing = ids == MISSING_ID  # only when fewer than K blocks were found at all
-        vectors = self.dense.reconstruct(ids.clamp(min=0))  # [B, K, D]
-        scores = torch.einsum("bkd,bd->bk", vectors, queries.cpu()).masked_fill(missing, float("-inf"))
-        return SearchResult(scores.to(queries.device), ids.to(queries.device))
+        sparse_ids = self.sparse.search_text(texts, depth).ids  # [B, M]
+        if self.fusion == "rrf":
+            ids = reciprocal_rank_fusion([dense_ids, sparse_ids], k, self.k0).ids  # [B, K]
+        else:
+            union = candidate_union([dense_ids, sparse_ids])  # [B, C], C <= 2M
+            bm25 = self.sparse.score_ids(texts, union)  # [B, C]
+            ids = weighted_score_fusion(union, self._dense_scores(queries, union), bm25, k, self.weight).ids
+        ids = ids[:, :k]
+        return SearchResult(self._dense_scores(queries, ids).to(queries.device), ids.to(queries.device))
+
+    def _dense_scores(self, queries: Tensor, ids: Tensor) -> Tensor:
+        """Inner products [B, C] of queries [B, D] with the stored vectors of ids [B, C]; -inf where id is -1."""
+        vectors = self.dense.reconstruct(ids.clamp(min=0))  # [B, C, D]
+        scores = torch.einsum("bcd,bd->bc", vectors, queries.cpu())
+        return scores.masked_fill(ids == MISSING_ID, float("-inf"))
 
     def reconstruct(self, ids: Tensor) -> Tensor:
         """The dense vectors of `ids` [...] as float32 [..., D]."""

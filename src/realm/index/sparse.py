@@ -165,6 +165,18 @@ class SparseIndex:
         rows = [self._score_row(tokens) for tokens in self.tokenize(texts)]
         return torch.stack(rows) if rows else torch.zeros(0, len(self))
 
+    def score_ids(self, texts: Sequence[str], ids: torch.Tensor) -> torch.Tensor:
+        """BM25 scores [B, C] float32 of blocks `ids` [B, C] for each text (0 where an id is -1).
+
+        Memory O(N) whatever B: one text's scores of every block at a time."""
+        ids = torch.as_tensor(ids).cpu().long()
+        if ids.dim() != 2 or ids.shape[0] != len(texts):
+            raise ValueError(f"ids must be [B, C] with B = {len(texts)} texts, got {list(ids.shape)}")
+        out = torch.zeros(ids.shape, dtype=torch.float32)
+        for b, tokens in enumerate(self.tokenize(texts)):
+            out[b] = self._score_row(tokens)[ids[b].clamp(min=0)].masked_fill(ids[b] < 0, 0.0)
+        return out
+
     def _score_row(self, tokens: list[str]) -> torch.Tensor:
         ids = self.bm25.get_tokens_ids(tokens)
         if not ids:  # no token of the question is in the corpus
