@@ -167,3 +167,20 @@ def test_cli_build_sparse(store, tmp_path, capsys) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["tokenization"]["stemmer"] is None and manifest["store"] == str(store.path.resolve())
     assert SparseIndex.open(out, store).search_text(["mona lisa"], 1).ids.tolist() == [[2]]
+
+
+def test_a_failed_save_leaves_the_old_index(store, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "bm25"
+    index = SparseIndex.build(store, progress=False)
+    index.save(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken_save(directory, **kwargs) -> None:
+        (Path(directory) / "data.csc.index.npy").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(index.bm25, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        index.save(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bm25"]  # the temporary directory is gone

@@ -4,18 +4,19 @@
 
     dense = open_index("index/")                           # ExactIndex / FaissIndex of the embedder
     sparse = SparseIndex.open("bm25/", store)              # realm index build-sparse
-    hybrid = HybridIndex(dense, sparse, depth=100, k0=60)
+    hybrid = HybridIndex(dense, sparse, depth=100, fusion="weighted", weight=0.3)   # or fusion="rrf", k0=60
     scores, ids = hybrid.search(query_emb, k=5, texts=questions)
 
 Fusion (Cormack, Clarke & Buettcher 2009, "Reciprocal rank fusion outperforms Condorcet and individual
 rank learning methods"): each list contributes 1 / (k0 + rank) for every block it ranks (rank 1 = best),
 a block's fused score is the sum of its contributions, and the fused ranking sorts by it (ties: lower
-block id first). DPR (Karpukhin et al. 2020, section 5.1) shows a dense + BM25 hybrid beating both.
+block id first).
 
-Or, `fusion="weighted"`, by score (as DPR's hybrid, with the scales made comparable): over the union of
-both top-`depth` lists, each of the dense and BM25 scores is min-max normalised to [0, 1] and the blocks are
-ranked by dense + weight * BM25. On the demo's corpus and human-style questions this beat RRF at every k
-(benchmarks/retrieval_quality.py; figures in the README).
+Or, `fusion="weighted"`, by score: DPR (Karpukhin et al. 2020, section 5.1) reranks the union of both
+top lists by BM25 + lambda * sim; here, so that one weight fits embedders whose inner products have any
+scale, each of the dense and BM25 scores is first min-max normalised to [0, 1] over the query's candidates,
+and the blocks are ranked by dense + weight * BM25. On the demo's corpus and human-style questions this
+beat RRF at every k (see benchmarks/retrieval_quality.py).
 
 The hybrid chooses which blocks are read; how they are weighed stays the model's: the scores it returns
 are the dense inner products of the fused blocks (recomputed from `dense.reconstruct`), so retrieval
