@@ -18,7 +18,7 @@ The table in the README (the demo's corpus and its initial embedder, the dev que
 
     python benchmarks/retrieval_quality.py --store ~/.cache/realm/demo/blocks/store \\
         --embedder ~/.cache/realm/demo/init/model/embedder --index INIT_INDEX \\
-        --questions dev.jsonl test.jsonl --depths 20 50 100 --weights 0.2 0.3 0.5 --output results.md
+        --questions dev.jsonl test.jsonl --depths 20 50 100 --weights 0.2 0.3 0.5 1 --output results.md
 
 where INIT_INDEX was built with the demo's block length:
 `realm index build --store ~/.cache/realm/demo/blocks/store --embedder ~/.cache/realm/demo/init/model/embedder
@@ -104,7 +104,7 @@ def file_table(path: Path, store: BlockStore, sparse: dict[str, SparseIndex], de
     for name, index in sparse.items():
         for depth in args.depths:
             for k0 in args.k0:
-                hybrid = HybridIndex(dense, index, depth=depth, k0=k0)
+                hybrid = HybridIndex(dense, index, depth=depth, fusion="rrf", k0=k0)
                 add(f"hybrid RRF ({name}), depth {depth}, k0 {k0:g}",
                     lambda s, h=hybrid: h.search(queries[s], k, texts=texts[s]).ids)  # fmt: skip
             for weight in args.weights:

@@ -1,5 +1,5 @@
-"""Hybrid retrieval: reciprocal-rank fusion against sums written out by hand, `HybridIndex` against the
-fusion formula on a tiny store with an exact index and BM25."""
+"""Hybrid retrieval: reciprocal-rank fusion against sums written out by hand, weighted fusion against values
+written out, and `HybridIndex` (both fusions) against the formulas on a tiny store with an exact index and BM25."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_hybrid_index_equals_the_fusion_formula(store) -> None:
     vectors = torch.randn(n, dim)
     dense = ExactIndex(vectors)
     sparse = SparseIndex.build(store, progress=False)
-    hybrid = HybridIndex(dense, sparse, depth=depth, k0=60)
+    hybrid = HybridIndex(dense, sparse, depth=depth, fusion="rrf", k0=60)
     assert len(hybrid) == n and hybrid.dim == dim
     queries = torch.randn(len(QUESTIONS), dim)
     result = hybrid.search(queries, k, texts=QUESTIONS)
