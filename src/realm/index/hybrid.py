@@ -16,10 +16,10 @@ Or, `fusion="weighted"`, by score: DPR (Karpukhin et al. 2020, section 5.1) rera
 top lists by BM25 + lambda * sim; here, so that one weight fits embedders whose inner products have any
 scale, each of the dense and BM25 scores is first min-max normalised to [0, 1] over the query's candidates,
 and the blocks are ranked by dense + weight * BM25. This is the default: on the demo's corpus and
-human-style questions, with depth 100 and weight 0.5, it beat RRF at every k, both with the embedder the
-demo starts from and with the one its retriever stage trains (whose own recall is much lower; a weaker
-dense model wants more BM25 weight: 0.3 was best with the first, 0.5-1 with the second). Measured with
-benchmarks/retrieval_quality.py.
+human-style questions, with depth 100 and weight 0.5, it matched or beat RRF at every k but one (by one
+question) and was well ahead at k = 1, both with the embedder the demo starts from and with the one its
+retriever stage trains (whose own recall is much lower; a weaker dense model wants more BM25 weight: 0.3
+was best with the first, 0.5-1 with the second). Measured with benchmarks/retrieval_quality.py.
 
 The hybrid chooses which blocks are read; how they are weighed stays the model's: the scores it returns
 are the dense inner products of the fused blocks (recomputed from `dense.reconstruct`), so retrieval
