@@ -60,17 +60,22 @@ def atomic_save_npy(path: str | os.PathLike[str], array: np.ndarray) -> Path:
 
 
 @contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
+def atomic_directory(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary directory beside `final`; on success it replaces `final`.
 
     The previous directory is moved aside first and deleted after, so a kill at any moment leaves a
     complete directory under `final` or, between the two renames, under `.{final.name}.old`.
     """
+    final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     os.chmod(tmp, 0o755)
     try:
         yield tmp
+        for file in tmp.rglob("*"):  # the data must be on disk before the rename publishes it
+            if file.is_file():
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
         old = final.with_name(f".{final.name}.old")
         if old.exists():
             shutil.rmtree(old)

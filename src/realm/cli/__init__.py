@@ -1,7 +1,8 @@
 """The `realm` command. The only package that parses arguments and prints: the parser and `main` here, the
 verbs' bodies in `realm.cli.corpus`, `realm.cli.answer` and `realm.cli.training`.
 
-Verbs: `demo`; `blocks build|import` (corpus -> block store); `index build|add` (block store -> embeddings);
+Verbs: `demo`; `blocks build|import` (corpus -> block store); `index build|add` (block store -> embeddings),
+`index build-sparse` (block store -> BM25);
 `ask` and `evaluate` (questions -> answers with evidence); `serve` (HTTP API and web page);
 `finetune` (ORQA/REALM Open-QA fine-tuning); `init --from-bert` (REALM checkpoints from a BERT checkpoint);
 `pretrain` (REALM pre-training or the ICT warm start) and `pretrain-refresh` (its asynchronous index refresher).
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from realm.cli.answer import DEMO_CREDIT, _ask, _demo, _evaluate, _serve
-from realm.cli.corpus import _blocks_build, _blocks_import, _index_add, _index_build
+from realm.cli.corpus import _blocks_build, _blocks_import, _index_add, _index_build, _index_build_sparse
 from realm.cli.training import _finetune, _init, _pretrain, _pretrain_refresh
 
 __all__ = ["DEMO_CREDIT", "build_parser", "main"]
@@ -83,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     ibuild.add_argument("--no-progress", action="store_true")
     ibuild.set_defaults(run=_index_build)
 
+    isparse = index.add_parser("build-sparse", help="BM25 over the block texts (for hybrid retrieval; bm25s)")
+    isparse.add_argument("--store", required=True, help="block store directory")
+    isparse.add_argument("--out", required=True, help="sparse index directory to write (replaced if it is one)")
+    isparse.add_argument("--no-stem", action="store_true", help="index the words as they are (default: Snowball English)")
+    isparse.add_argument("--k1", type=float, default=1.5, help="BM25 term-frequency saturation")
+    isparse.add_argument("--b", type=float, default=0.75, help="BM25 length normalisation")
+    isparse.add_argument("--no-progress", action="store_true")
+    isparse.set_defaults(run=_index_build_sparse)
+
     iadd = index.add_parser("add", help="add documents to a block store and its index (embeds only the new blocks)")
     iadd.add_argument("input", help="documents, as for `realm blocks build`")
     iadd.add_argument("--store", required=True, help="the block store the index was built from")
@@ -121,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     ev = commands.add_parser("evaluate", help="EM / regex EM and retrieval recall@k on a QA JSONL file")
-    ev.add_argument("--data", required=True, help='JSONL {"question": str, "answer": [str, ...]} per line')
+    ev.add_argument("--data", required=True,
+                    help='JSONL {"question": str, "answer": [str, ...], optional "title": gold article} per line')  # fmt: skip
     add_pipeline_args(ev)
     ev.add_argument("--regex", action="store_true", help="answers are regexes (CuratedTrec)")
     ev.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 20, 100])

@@ -81,6 +81,15 @@ def _index_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index_build_sparse(args: argparse.Namespace) -> int:
+    from realm.index.sparse import SparseConfig, build_sparse_index
+
+    config = SparseConfig(k1=args.k1, b=args.b, stemmer=None if args.no_stem else "english")
+    index = build_sparse_index(args.store, args.out, config, progress=not args.no_progress)
+    print(f"{args.out}: BM25 over {len(index):,} blocks ({'no stemming' if args.no_stem else 'stemmed'})")
+    return 0
+
+
 def _index_add(args: argparse.Namespace) -> int:
     from realm.index.add import add_documents
 

@@ -5,6 +5,7 @@
     examples = read_qa_jsonl("nq.resplit.dev.jsonl")            # [QAExample(question, answers, line)]
     exact_match("the Beatles", ["Beatles"])                      # True (ORQA normalisation)
     retrieval_hits(block_texts, example.answers)                 # [bool] per block: DPR token match
+    title_hits(block_titles, example.title)                      # [bool] per block: the gold article's
     print(summarize(rows, regex=False).table())                  # EM, F1, recall@k
 
 Which function follows which reference, and why the retriever's training label (`has_answer_substring`,
@@ -37,12 +38,14 @@ from realm.eval.metrics import (
     recall_at_k,
     regex_match,
     retrieval_hits,
+    title_hits,
 )
-from realm.eval.report import HITS_KEY, Summary, summarize
+from realm.eval.report import HITS_KEY, TITLE_HITS_KEY, Summary, summarize
 
 __all__ = [
     "DEFAULT_RECALL_KS",
     "HITS_KEY",
+    "TITLE_HITS_KEY",
     "PREDICTION_KEYS",
     "MatchMode",
     "QADataError",
@@ -64,5 +67,6 @@ __all__ = [
     "regex_match",
     "retrieval_hits",
     "summarize",
+    "title_hits",
     "write_predictions_jsonl",
 ]

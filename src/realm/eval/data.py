@@ -5,7 +5,9 @@ CuratedTrec (`{name}.resplit.{split}.jsonl` in ORQA), one JSON object per line:
 
     {"question": "who sang i want to hold your hand", "answer": ["The Beatles"]}
 
-"answers" is accepted as an alias of "answer"; other keys are ignored. For CuratedTrec the answers are
+"answers" is accepted as an alias of "answer". An optional "title" names the question's gold article (the
+title of its blocks in the store): `realm evaluate` then reports gold-article recall@k too. Other keys are
+ignored. For CuratedTrec the answers are
 regular expressions (evaluate with `regex=True`). Blank lines are skipped; any other malformed line stops
 the read with a `QADataError` that names the file and the 1-based line: `dev.jsonl:12: "answer" must be
 a list of strings`.
@@ -42,11 +44,13 @@ class QAExample:
         question: the question text.
         answers: the gold answer strings (regexes for CuratedTrec), in file order.
         line: the 1-based line of the example in its file, for error messages and joins.
+        title: the gold article's title, if the file gives one.
     """
 
     question: str
     answers: tuple[str, ...]
     line: int
+    title: str | None = None
 
 
 def _is_gzip(path: Path) -> bool:
@@ -81,7 +85,10 @@ def _parse_example(text: str, where: str, lineno: int, allow_empty_answers: bool
         raise QADataError(
             f'{where}: "{key}" is empty; pass allow_empty_answers=True for unlabelled questions'
         )
-    return QAExample(question=question, answers=tuple(answers), line=lineno)
+    title = record.get("title")
+    if title is not None and (not isinstance(title, str) or not title.strip()):
+        raise QADataError(f'{where}: "title" (the gold article) must be a non-empty string')
+    return QAExample(question=question, answers=tuple(answers), line=lineno, title=title)
 
 
 def iter_qa_jsonl(path: str | os.PathLike[str], *, allow_empty_answers: bool = False) -> Iterator[QAExample]:

@@ -6,8 +6,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from realm.eval.data import QAExample
-from realm.eval.metrics import DEFAULT_RECALL_KS, retrieval_hits
-from realm.eval.report import Summary, summarize
+from realm.eval.metrics import DEFAULT_RECALL_KS, retrieval_hits, title_hits
+from realm.eval.report import TITLE_HITS_KEY, Summary, summarize
 
 
 def evaluate(
@@ -25,7 +25,8 @@ def evaluate(
     `pipeline.k` of them.
 
     Returns:
-        prediction rows (question, answers, prediction, score, block_id, retrieved ids, hits) and the summary.
+        prediction rows (question, answers, prediction, score, block_id, retrieved ids, hits; and title,
+        title_hits for examples with a gold article) and the summary.
     """
     from tqdm.auto import tqdm
 
@@ -40,16 +41,18 @@ def evaluate(
             answers = pipeline.read(questions, retrieved)
             for example, answer, ids in zip(batch, answers, retrieved.block_ids.tolist(), strict=True):
                 texts = pipeline.store.texts(ids)
-                rows.append(
-                    {
-                        "question": example.question,
-                        "answers": list(example.answers),
-                        "prediction": answer.text,
-                        "score": answer.score,
-                        "block_id": answer.block_id,
-                        "retrieved": ids,
-                        "hits": retrieval_hits(texts, example.answers, mode="regex" if regex else "string"),
-                    }
-                )
+                row = {
+                    "question": example.question,
+                    "answers": list(example.answers),
+                    "prediction": answer.text,
+                    "score": answer.score,
+                    "block_id": answer.block_id,
+                    "retrieved": ids,
+                    "hits": retrieval_hits(texts, example.answers, mode="regex" if regex else "string"),
+                }
+                if example.title is not None:
+                    row["title"] = example.title
+                    row[TITLE_HITS_KEY] = title_hits(pipeline.store.titles(ids), example.title)
+                rows.append(row)
             bar.update(len(batch))
     return rows, summarize(rows, regex=regex, ks=ks)

@@ -11,6 +11,7 @@ Which reference each function follows (read the docstrings for the details):
 | `has_answer_substring` | ORQA `HasAnswer` op (`language/orqa/ops/orqa_ops.cc`) | training signal |
 | `has_answer` | DPR `dpr/data/qa_validation.py:has_answer` | retrieval recall@k |
 | `recall_at_k` | DPR `calculate_matches` top-k hits | retrieval recall@k |
+| `title_hits` | (ours) the block's article is the gold one | gold-article recall@k |
 
 The two answer-in-block tests are kept apart on purpose and must not be mixed:
 
@@ -324,6 +325,19 @@ def has_answer(block_text: str, answers: Sequence[str], mode: MatchMode = "strin
         True when some answer is found in the block.
     """
     return retrieval_hits([block_text], answers, mode)[0]
+
+
+def title_hits(block_titles: Iterable[str], gold_title: str) -> list[bool]:
+    """Whether each retrieved block belongs to the gold article: its title equals `gold_title` exactly.
+
+    The input of `recall_at_k` for gold-article recall: a question about an article is retrieved well
+    when a block of that article comes back, whether or not the answer string is in the block.
+
+    Args:
+        block_titles: the retrieved blocks' titles (as stored), best first.
+        gold_title: the title of the question's gold article.
+    """
+    return [title == gold_title for title in block_titles]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -7,14 +7,15 @@
 Each row is a mapping with "prediction" (str, or None for a question the model did not answer: counted
 wrong, as ORQA's `missing_predictions`) and "answers" (strings, or regexes when `regex=True`). When rows
 carry "hits" (one bool per retrieved block, best first, from `metrics.retrieval_hits`), recall@k is
-reported too; then every row must carry them.
+reported too; then every row must carry them. Rows of questions with a gold article carry "title_hits"
+(from `metrics.title_hits`): gold-article recall@k is reported over those rows (other rows may lack it).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from realm.eval.metrics import (
@@ -29,6 +30,7 @@ from realm.eval.metrics import (
 logger = logging.getLogger(__name__)
 
 HITS_KEY = "hits"
+TITLE_HITS_KEY = "title_hits"
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class Summary:
         regex: whether answers were matched as regexes (CuratedTrec).
         num_missing: questions with no prediction (None), counted wrong.
         num_invalid_regex: answer patterns that do not compile (regex mode), counted as no match.
+        title_recall: {k: gold-article recall@k} over the rows with "title_hits", else empty.
+        num_titled: questions with a gold article (rows with "title_hits").
     """
 
     count: int
@@ -52,6 +56,8 @@ class Summary:
     regex: bool
     num_missing: int = 0
     num_invalid_regex: int = 0
+    title_recall: dict[int, float] = field(default_factory=dict)
+    num_titled: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (recall keys become "recall@k")."""
@@ -64,6 +70,9 @@ class Summary:
             "num_invalid_regex": self.num_invalid_regex,
         }
         out.update({f"recall@{k}": v for k, v in self.recall.items()})
+        if self.num_titled:
+            out["num_titled"] = self.num_titled
+            out.update({f"title_recall@{k}": v for k, v in self.title_recall.items()})
         return out
 
     def table(self) -> str:
@@ -73,6 +82,10 @@ class Summary:
         if self.f1 is not None:
             rows.append(("F1", f"{100 * self.f1:.2f}"))
         rows.extend((f"recall@{k}", f"{100 * v:.2f}") for k, v in self.recall.items())
+        if self.num_titled:
+            if self.num_titled != self.count:
+                rows.append(("questions with a gold article", f"{self.num_titled:,}"))
+            rows.extend((f"gold-article recall@{k}", f"{100 * v:.2f}") for k, v in self.title_recall.items())
         if self.num_missing:
             rows.append(("missing predictions", f"{self.num_missing:,}"))
         if self.regex:
@@ -109,7 +122,8 @@ def summarize(
     """Score prediction rows: EM (string or regex), F1 (string mode), recall@k (when rows carry hits).
 
     Args:
-        predictions: rows with "prediction" and "answers", optionally "hits" (see the module docstring).
+        predictions: rows with "prediction" and "answers", optionally "hits" and "title_hits" (see the module
+            docstring).
         regex: match answers as regexes, ORQA's CuratedTrec evaluation (`regex_match`); else
             `exact_match` and `f1_score` on normalised strings.
         ks: recall cut-offs; cut-offs beyond the longest ranking are left out.
@@ -123,6 +137,7 @@ def summarize(
     count = num_correct = num_missing = num_invalid = 0
     f1_total = 0.0
     all_hits: list[list[bool]] = []
+    all_title_hits: list[list[bool]] = []
     first_with_hits: bool | None = None
     for index, row in enumerate(predictions):
         count += 1
@@ -151,6 +166,11 @@ def summarize(
             if not isinstance(hits, list | tuple) or not all(isinstance(h, bool) for h in hits):
                 raise ValueError(f'prediction row {index}: "{HITS_KEY}" must be a list of booleans')
             all_hits.append(list(hits))
+        if TITLE_HITS_KEY in row:
+            hits = row[TITLE_HITS_KEY]
+            if not isinstance(hits, list | tuple) or not all(isinstance(h, bool) for h in hits):
+                raise ValueError(f'prediction row {index}: "{TITLE_HITS_KEY}" must be a list of booleans')
+            all_title_hits.append(list(hits))
     if count == 0:
         raise ValueError("no predictions to summarize")
     if num_missing:
@@ -165,4 +185,6 @@ def summarize(
         regex=regex,
         num_missing=num_missing,
         num_invalid_regex=num_invalid,
+        title_recall=recall_at_k(all_title_hits, ks) if all_title_hits else {},
+        num_titled=len(all_title_hits),
     )

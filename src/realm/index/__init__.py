@@ -1,4 +1,5 @@
-"""Search indexes over the block-embedding matrix: exact (chunked), FAISS (optional extra), sharded.
+"""Search indexes over the block-embedding matrix: exact (chunked), FAISS (optional extra), sharded;
+BM25 over the block texts (optional extra) and the hybrid of both.
 
     from realm.index import ExactIndex, open_index
 
@@ -6,7 +7,8 @@
     scores, ids = index.search(query_emb, k=8)   # [B, D] -> [B, 8] float32, [B, 8] int64, best first
     block_emb = index.reconstruct(ids)           # [B, 8, D] exact float32 vectors (for retrieval logits)
 
-Directory layout and manifest: `realm.index.embeddings`. Search contract: `realm.index.base`.
+Directory layout and manifest: `realm.index.embeddings`. Search contract: `realm.index.base`. BM25:
+`realm.index.sparse`; fusion: `realm.index.hybrid`.
 """
 
 from __future__ import annotations
@@ -28,23 +30,30 @@ from realm.index.embeddings import (
 )
 from realm.index.exact import ExactIndex
 from realm.index.faiss_index import FaissIndex
+from realm.index.hybrid import HybridIndex, reciprocal_rank_fusion, weighted_score_fusion
 from realm.index.sharded import ShardedIndex, shard_bounds
+from realm.index.sparse import SparseConfig, SparseIndex
 
 __all__ = [
     "EMBEDDINGS_NAME",
     "MANIFEST_NAME",
     "ExactIndex",
     "FaissIndex",
+    "HybridIndex",
     "Index",
     "IndexManifest",
     "SearchResult",
     "ShardedIndex",
+    "SparseConfig",
+    "SparseIndex",
     "create_embeddings",
     "finish_embeddings",
     "open_embeddings",
     "open_index",
     "read_manifest",
+    "reciprocal_rank_fusion",
     "shard_bounds",
+    "weighted_score_fusion",
     "write_embeddings",
     "write_manifest",
 ]
