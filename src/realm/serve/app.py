@@ -31,6 +31,7 @@ from realm.pipeline import Pipeline
 from realm.serve.batching import MicroBatcher
 from realm.serve.config import ServeConfig
 from realm.serve.corpus import Corpus, CorpusError, open_corpus
+from realm.serve.docs import add_offline_docs
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,10 @@ def create_app(
         '`{"error": message, "field": name, "status": code}`.',
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's page loads Swagger UI from a CDN; ours serves it (realm.serve.docs)
+        redoc_url=None,
     )
+    add_offline_docs(app)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
