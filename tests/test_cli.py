@@ -22,6 +22,8 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "realm demo" in main_job and "pytest" in test_command
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_command in ci
+    # CI makes the browser tests mandatory (they skip without Chromium elsewhere).
+    assert "export REALM_REQUIRE_BROWSER=1" in ci[: ci.index(test_command)]
 
 
 def test_cli_rejects_unknown_commands(capsys) -> None:

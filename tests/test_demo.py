@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from realm.demo.data import (
     read_articles,
     title_answers,
 )
+from realm.demo.estimates import COSTS, estimate
 from tests.test_bert_import import write_tiny_bert
 
 CORPUS = {
@@ -86,14 +88,18 @@ def test_stages_run_then_are_skipped(tmp_path: Path) -> None:
         reader_steps=2, reader_batch_size=2, searcher_beam_size=4, reader_beam_size=2, eval_questions=0,
         examples=("what is the capital of france?",),
     )  # fmt: skip
-    first = run_demo(config, progress=False)
+    estimates: list = []
+    first = run_demo(config, progress=False, on_estimate=estimates.append)
+    assert [e.name for e in estimates] == ["retriever", "index", "reader", "evaluate"]
+    assert [e.units for e in estimates] == [2 * 4, len(CORPUS), 2 * 2, round(0.5 * len(CORPUS))]
     names = [s.name for s in first.stages]
     assert names == ["init", "blocks", "questions", "retriever", "index", "reader", "evaluate", "answer"]
     assert not any(s.skipped for s in first.stages)
     assert first.metrics["count"] == 2 and 0 <= first.metrics["exact_match"] <= 1
     assert len(first.answers) == 1 and first.answers[0].evidence
 
-    second = run_demo(config, progress=False)
+    second = run_demo(config, progress=False, on_estimate=estimates.append)
+    assert len(estimates) == 4  # nothing to estimate when every stage is cached
     assert all(s.skipped for s in second.stages if s.name != "answer")
     assert second.metrics == first.metrics
     assert second.answers[0].text == first.answers[0].text
@@ -102,3 +108,24 @@ def test_stages_run_then_are_skipped(tmp_path: Path) -> None:
     third = run_demo(config.__class__(**{**config.__dict__, "reader_steps": 3}), progress=False)
     skipped = {s.name: s.skipped for s in third.stages}
     assert skipped["retriever"] and skipped["index"] and not skipped["reader"] and not skipped["evaluate"]
+
+
+def test_estimates_scale_the_measured_costs() -> None:
+    full = DemoConfig()
+    # The full demo's defaults give back the times the costs were measured from.
+    for name, seconds in (("retriever", 210), ("index", 66), ("reader", 64), ("evaluate", 21)):
+        got = estimate(name, full, articles=10_033)
+        assert got is not None and got.seconds == pytest.approx(seconds) == COSTS[name].seconds
+    quick = DemoConfig.quick()  # 25 steps x 16 pairs, 500 articles, 15 steps x 2 questions, 50 questions
+    assert estimate("retriever", quick, 500).seconds == pytest.approx(210 * 25 * 16 / (150 * 32))
+    assert estimate("index", quick, 500).seconds == pytest.approx(66 * 500 / 10_033)
+    assert estimate("reader", quick, 500).seconds == pytest.approx(64 * 15 * 2 / (60 * 4))
+    assert estimate("evaluate", quick, 500).seconds == pytest.approx(21 * 50 / 300)
+    assert estimate("blocks", full, 10_033) is None and estimate("init", full, 10_033) is None
+    text = estimate("retriever", full, 10_033, resuming=True).describe()
+    assert text == "at most 3.5 min (estimate: 210 s for 150 steps of 32 pairs on a 2-core CPU; 4,800 pairs here)"
+    assert estimate("index", quick, 500).describe().startswith("~3 s (estimate: 66 s for 10,033 blocks")
+    cpus = os.cpu_count() or 1
+    busy = estimate("index", quick, 500, load=2.0 * cpus).describe()
+    assert busy.endswith(f"the machine is busy (load {2.0 * cpus:.1f} on {cpus} CPUs): expect much longer")
+    assert "busy" not in estimate("index", quick, 500, load=0.0).describe()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -156,6 +157,31 @@ def test_ask_search_health(server, pipeline) -> None:
         page = client.get("/")
         assert page.status_code == 200 and "<mark" not in page.text.split("<script>")[0]
         assert "http://" not in page.text and "https://" not in page.text  # no CDN: the page works offline
+
+
+def test_docs_page_and_its_assets_are_served_here(server, pipeline) -> None:
+    """`/docs` names no other host, and every script, style sheet and icon it loads is served by us
+    (the browser test checks that Swagger UI renders the operations)."""
+    with httpx.Client(base_url=server) as client:
+        page = client.get("/docs")
+        assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+        assert "http://" not in page.text and "https://" not in page.text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert len(assets) == 3 and all(a.startswith("/docs-assets/") for a in assets)
+        for asset in assets:
+            got = client.get(asset)
+            assert got.status_code == 200 and len(got.content) > 500, asset
+        assert len(client.get("/docs-assets/swagger-ui-bundle.js").content) > 500_000  # the real bundle
+        assert client.get("/docs-assets/nope.js").status_code == 404
+        assert "/docs" not in client.get("/openapi.json").json()["paths"]
+    # Behind a proxy that strips a path prefix, the page asks for the prefixed URLs.
+    from starlette.testclient import TestClient
+
+    page = TestClient(create_app(pipeline), root_path="/realm").get("/docs").text
+    assert re.findall(r'(?:src|href)="([^"]+)"', page) == [
+        "/realm/docs-assets/swagger-ui.css", "/realm/docs-assets/favicon.png", "/realm/docs-assets/swagger-ui-bundle.js",
+    ]  # fmt: skip
+    assert "url: '/realm/openapi.json'" in page
 
 
 LONG = "x" * 201

