@@ -29,7 +29,7 @@ FLOORS = {
     # 5: the two training loops
     "finetune": 5, "pretrain": 5,
     # 6: entry points
-    "serve": 6, "demo": 6, "cli": 6,
+    "serve": 6, "demo": 6, "cli": 6, "doctor": 6,
 }  # fmt: skip
 
 
