@@ -327,6 +327,18 @@ def test_best_checkpoint_loads_as_open_qa_model_and_pipeline(kb, tmp_path) -> No
     assert optimizer["state"] and torch.load(result.last_dir / "trainer_state.pt", weights_only=True)["step"] == 4
 
 
+def test_frozen_query_tower_trains_the_reader_only(kb, tmp_path) -> None:
+    result = finetune(run_config(kb, tmp_path / "out", num_steps=3, train_query_tower=False))
+    config = RealmConfig.from_pretrained(result.last_dir)
+    start_embedder, start_reader = load_towers(kb["init"], config, torch.device("cpu"))
+    embedder, reader = load_towers(result.last_dir, config, torch.device("cpu"))
+    for (name, before), after in zip(start_embedder.state_dict().items(), embedder.state_dict().values(), strict=True):
+        torch.testing.assert_close(after, before, atol=0, rtol=0, msg=name)
+    changed = [n for (n, b), a in zip(start_reader.state_dict().items(), reader.state_dict().values(), strict=True)
+               if not torch.equal(a, b)]  # fmt: skip
+    assert changed, "the reader must still train"
+
+
 def test_cli_finetune_with_the_tiny_config(kb, tmp_path, capsys) -> None:
     from realm.cli import main
 

@@ -39,6 +39,13 @@ def _demo(args: argparse.Namespace) -> int:
     m = result.metrics
     print(f"held-out questions ({m['count']}): recall@1 {100 * m.get('recall@1', 0):.1f}  recall@5 "
           f"{100 * m.get('recall@5', 0):.1f}  recall@20 {100 * m.get('recall@20', 0):.1f}  EM {100 * m['exact_match']:.1f}")  # fmt: skip
+    for key, name in (("heldout_gold", "held-out description questions"), ("dev_gold", "dev set, human-style questions")):
+        if m.get(key, {}).get("count"):
+            r = m[key]
+            print(f"{name} ({r['count']}), gold article: recall@1 {100 * r['recall@1']:.1f}  recall@5 "
+                  f"{100 * r['recall@5']:.1f}  recall@20 {100 * r['recall@20']:.1f}")  # fmt: skip
+    if m.get("dev_answerable", {}).get("count"):
+        print(f"dev set, answer in the gold block ({m['dev_answerable']['count']}): EM {100 * m['dev_answerable']['exact_match']:.1f}")
     for answer in result.answers:
         _print_answer(answer)
     print(f"first answers after {time.perf_counter() - started:.1f} s. {DEMO_CREDIT}")

