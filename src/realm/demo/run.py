@@ -379,10 +379,10 @@ def _dev_path(config: DemoConfig) -> Path | None:
 
 
 def _block_of_title(store: Any, articles: list[data.Article]) -> dict[str, int]:
-    """Article title -> its block (blocks carry the 1-based article number as `doc_id`; the store's own
+    """Article title -> its block (a block's `doc_id` is its article's position in `articles`; the store's own
     titles may be cut short)."""
     doc_ids = store.doc_ids(range(len(store)))
-    return {articles[int(d) - 1].title: i for i, d in enumerate(doc_ids)}
+    return {articles[int(d)].title: i for i, d in enumerate(doc_ids)}
 
 
 def _question_inputs(tokenizer: Any, questions: list[str], max_length: int) -> list[tuple[list[int], list[int]]]:
