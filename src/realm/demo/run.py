@@ -96,7 +96,7 @@ class DemoConfig:
     block_tokens: int = 64
     question_max_length: int = 32
     holdout_fraction: float = 0.1
-    retriever_steps: int = 1000
+    retriever_steps: int = 400
     retriever_batch_size: int = 32
     retriever_lr: float = 3e-4
     retriever_eval_every: int = 50
