@@ -7,9 +7,11 @@ from pathlib import Path
 
 import torch
 
+from realm.corpus import BlockStore
 from realm.demo import DemoConfig, run_demo
-from realm.demo.data import Article, dev_questions, ict_queries
+from realm.demo.data import Article, dev_questions, ict_queries, read_articles
 from realm.demo.retriever import recall_at, train_projection
+from realm.demo.run import _block_of_title
 from realm.modeling.embedder import RealmEmbedder
 from tests.conftest import tiny_config
 from tests.test_bert_import import write_tiny_bert
@@ -91,6 +93,10 @@ def test_demo_retriever_stage_logs_dev_recall_and_never_lowers_it(tmp_path: Path
         reader_beam_size=2, eval_questions=0, examples=(), dev_questions=str(dev),
     )  # fmt: skip
     result = run_demo(config, progress=False)
+    store = BlockStore.open(tmp_path / "cache/blocks/store")
+    block_of = _block_of_title(store, read_articles(corpus))
+    assert len(block_of) == len(store) == len(CORPUS)
+    assert all(store.titles([b])[0] == title for title, b in block_of.items())
     curve = [json.loads(line) for line in (tmp_path / "cache/retriever/metrics.jsonl").read_text().splitlines()]
     evals = [r for r in curve if r.get("kind") != "kept"]
     assert [r["step"] for r in evals] == [0, 5, 10, 15, 20]

@@ -94,7 +94,7 @@ class DemoConfig:
     block_tokens: int = 64
     question_max_length: int = 32
     holdout_fraction: float = 0.1
-    retriever_steps: int = 1000
+    retriever_steps: int = 400
     retriever_batch_size: int = 32
     retriever_lr: float = 3e-4
     retriever_eval_every: int = 50
@@ -326,10 +326,10 @@ def _dev_path(config: DemoConfig) -> Path | None:
 
 
 def _block_of_title(store: Any, articles: list[data.Article]) -> dict[str, int]:
-    """Article title -> its block (blocks carry the 1-based article number as `doc_id`; the store's own
+    """Article title -> its block (a block's `doc_id` is its article's position in `articles`; the store's own
     titles may be cut short)."""
     doc_ids = store.doc_ids(range(len(store)))
-    return {articles[int(d) - 1].title: i for i, d in enumerate(doc_ids)}
+    return {articles[int(d)].title: i for i, d in enumerate(doc_ids)}
 
 
 def _question_inputs(tokenizer: Any, questions: list[str], max_length: int) -> list[tuple[list[int], list[int]]]:
