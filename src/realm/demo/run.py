@@ -9,8 +9,12 @@ its inputs and settings; a stage whose settings changed starts again from an emp
     questions  each article's description -> a question answered by its title; ~10% held out
     retriever  the shared query/block embedder trained with ICT's in-batch softmax on (question, block)
     index      `build_index` with that embedder
+    sparse     the BM25 index of the store (`realm index build-sparse`; skipped without bm25s): hybrid retrieval
     reader     `realm.finetune` (reader + query tower) over the frozen index
     evaluate   held-out recall@k and EM with `realm.eval.evaluate`
+
+It ends by writing `cache_dir/pipeline.json` (`realm.bundle`): the reader checkpoint, store, index and BM25
+index it answers with, which `realm ask` / `serve` / `evaluate` then use when given no paths.
 
 Index build and fine-tuning resume where a kill left them (they write atomically chunk by chunk or
 checkpoint by checkpoint); the other stages are short and simply run again.
@@ -34,6 +38,7 @@ import torch
 
 from realm.atomic import atomic_write_text
 from realm.demo import data
+from realm.demo.bundle import sparse_stage, write_demo_bundle
 from realm.demo.estimates import StageEstimate, estimate, load_average
 
 logger = logging.getLogger(__name__)
@@ -308,11 +313,12 @@ def run_demo(
         "reader_steps", "reader_batch_size", "reader_lr", "searcher_beam_size", "reader_beam_size", "seed")}}  # fmt: skip
     reader_dir, _, reader_fp = stages.run("reader", key, reader)
     checkpoint = reader_dir / "run" / "last"
+    sparse_index, sparse_fp = sparse_stage(stages, blocks_dir / "store", blocks_fp, progress)
 
     from realm.pipeline import Pipeline
 
-    pipeline = Pipeline.from_pretrained(checkpoint, store, index_dir / "index", k=config.reader_beam_size,
-                                        max_question_length=config.question_max_length)  # fmt: skip
+    pipeline = Pipeline.from_pretrained(checkpoint, store, index_dir / "index", sparse=sparse_index,
+                                        k=config.reader_beam_size, max_question_length=config.question_max_length)  # fmt: skip
 
     def evaluation(directory: Path) -> dict[str, Any]:
         from realm.eval import read_qa_jsonl, write_predictions_jsonl
@@ -325,10 +331,12 @@ def run_demo(
         write_predictions_jsonl(directory / "predictions.jsonl", rows)
         return summary.to_dict()
 
-    _, metrics, _ = stages.run("evaluate", {"reader": reader_fp, "n": config.eval_questions}, evaluation)
+    key = {"reader": reader_fp, "n": config.eval_questions, "sparse": sparse_fp}
+    _, metrics, _ = stages.run("evaluate", key, evaluation)
     started = time.perf_counter()
     answers = pipeline.ask(list(config.examples)) if config.examples else []
     stages._report("answer", started, False, {"questions": len(answers)}, cache, "")
+    write_demo_bundle(cache, pipeline, checkpoint, blocks_dir / "store", index_dir / "index", sparse_index)
     return DemoResult(cache, stages.reports, metrics, answers, pipeline)
 
 

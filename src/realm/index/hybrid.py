@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -244,3 +245,48 @@ class HybridIndex(Index):
             "a HybridIndex is not saved as one directory: save its parts (dense.save(dir), sparse.save(dir2)) "
             "and open them with open_index(dir) and SparseIndex.open(dir2, store)"
         )
+
+
+def with_sparse(
+    dense: Index,
+    sparse: str | os.PathLike[str] | SparseIndex | None,
+    store: Any,
+    *,
+    fusion: str = "weighted",
+    depth: int = DEFAULT_DEPTH,
+    weight: float = DEFAULT_WEIGHT,
+    k0: float = DEFAULT_K0,
+) -> Index:
+    """The index to retrieve with: `dense` alone (sparse None), or dense + BM25 fused (`HybridIndex`).
+
+    The one place a sparse index meets the store it must have been built from: a directory is opened with
+    `SparseIndex.open(sparse, store)`, an opened `SparseIndex` is checked by fingerprint; either is refused
+    when built from another store, with the command that rebuilds it.
+
+    Args:
+        dense: the embedder's index of `store`.
+        sparse: a sparse index directory (`realm index build-sparse`), an opened `SparseIndex`, or None.
+        store: the `BlockStore` both indexes serve.
+        fusion, depth, weight, k0: as `HybridIndex`.
+    """
+    if sparse is None:
+        return dense
+    if isinstance(sparse, SparseIndex):
+        if sparse.store_fingerprint != store.fingerprint or len(sparse) != len(store):
+            raise ValueError(
+                f"the sparse index was built from another block store ({len(sparse):,} blocks, fingerprint "
+                f"{sparse.store_fingerprint[:12]}; this store: {len(store):,}, {store.fingerprint[:12]}); rebuild it "
+                f"with: realm index build-sparse --store {store.path} --out <sparse>"
+            )
+    else:
+        sparse = SparseIndex.open(sparse, store)
+    return HybridIndex(dense, sparse, depth=depth, k0=k0, fusion=fusion, weight=weight)
+
+
+def describe_retrieval(index: Index) -> dict[str, Any]:
+    """How an index retrieves, for people and /health: {"mode": "dense"} or the hybrid's fusion settings."""
+    if not isinstance(index, HybridIndex):
+        return {"mode": "dense"}
+    settings: dict[str, Any] = {"mode": "hybrid", "fusion": index.fusion, "depth": index.depth}
+    settings.update({"k0": index.k0} if index.fusion == "rrf" else {"weight": index.weight})
+    return settings
