@@ -115,10 +115,10 @@ def answer_marginals(
         p(z, s | x) = softmax over all R x S pairs of (span logit + retrieval logit of z)
 
     (`realm.objectives.top_joint_spans`: the distribution the reader loss marginalises.) The softmax runs
-    over all pairs, the sum over the M most probable ones only (M = `top`, 50 by default: enough in
-    practice, as a trained reader puts its mass on a few spans, and it bounds the work per question to M
-    span-to-text mappings): each probability is the exact sum over its spans among those M, a lower bound of
-    the sum over all its spans. Over distinct answers the probabilities sum to at most 1.
+    over all pairs, the sum over the M most probable ones only (M = `top`, 50 by default, which bounds the
+    work per question to M span-to-text mappings; how much mass a trained reader leaves beyond them has not
+    been measured here): each probability is the exact sum over its spans among those M, a lower bound of the
+    sum over all its spans. Over distinct answers the probabilities sum to at most 1.
 
     Args:
         reader_logits: [R, S] joint scores of one question.
