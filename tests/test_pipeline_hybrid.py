@@ -15,7 +15,7 @@ from realm import RealmTokenizerFast
 from realm.cli import main
 from realm.corpus import BlockStore
 from realm.eval import read_predictions_jsonl
-from realm.finetune import FinetuneConfig, finetune
+from realm.finetune import FinetuneConfig, OpenQAFinetuner, finetune
 from realm.index import SparseIndex, open_index
 from realm.index.hybrid import HybridIndex
 from realm.index.sparse import build_sparse_index
@@ -86,6 +86,13 @@ def test_a_sparse_index_of_another_store_is_refused_on_every_path(corpora, tmp_p
         opened = SparseIndex.open(path)  # opened without a store: checked when it meets one
         with pytest.raises(ValueError, match="another block store.*realm index build-sparse --store"):
             Pipeline.from_pretrained(CASE, store_a, corpora["index_a"], sparse=opened)
+        if len(opened) == len(store_a):  # a HybridIndex built by hand, handed to Pipeline or to fine-tuning
+            hybrid = HybridIndex(open_index(corpora["index_a"]), opened)
+            base = Pipeline.from_pretrained(CASE, store_a, corpora["index_a"])
+            with pytest.raises(ValueError, match="another block store"):
+                Pipeline(base.embedder, base.reader, store_a, hybrid)
+            with pytest.raises(ValueError, match="another block store"):
+                OpenQAFinetuner(base.embedder, base.reader, store_a, hybrid, base.tokenizer, 4, 2, 24)
         common = ["--model", str(CASE), "--store", str(corpora["store_a"]), "--index", str(corpora["index_a"])]
         assert main(["ask", "old church", *common, "--sparse", str(path)]) == 2
         assert message in capsys.readouterr().err

@@ -31,7 +31,13 @@ from realm.corpus import BlockStore
 from realm.eval.metrics import normalize_answer
 from realm.index import Index, open_index
 from realm.index.base import check_index_size
-from realm.index.hybrid import DEFAULT_DEPTH, DEFAULT_WEIGHT, describe_retrieval, with_sparse
+from realm.index.hybrid import (
+    DEFAULT_DEPTH,
+    DEFAULT_WEIGHT,
+    check_sparse_store,
+    describe_retrieval,
+    with_sparse,
+)
 from realm.index.sparse import SparseIndex
 from realm.modeling.checkpoint import resolve_weights
 from realm.modeling.embedder import RealmEmbedder
@@ -173,6 +179,7 @@ class Pipeline:
         marginal_spans: int = MARGINAL_SPANS,
     ) -> None:
         check_index_size(len(index), len(store), rebuild=f"realm index build --store {store.path} --embedder <embedder> --out <index>")
+        check_sparse_store(index, store)  # a hybrid's BM25 half must come from this store too
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
         if marginal_spans < 1:

@@ -35,6 +35,7 @@ from realm.distributed import freeze_unused
 from realm.finetune.answers import NO_TOKEN, answers_in_blocks
 from realm.index import Index
 from realm.index.base import check_index_size
+from realm.index.hybrid import check_sparse_store
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.reader import RealmReader
 from realm.qa import read, retrieve
@@ -118,6 +119,7 @@ class OpenQAFinetuner(nn.Module):
     ) -> None:
         super().__init__()
         check_index_size(len(index), len(store))
+        check_sparse_store(index, store)
         self.embedder = embedder
         self.reader = reader
         self.store = store

@@ -272,15 +272,28 @@ def with_sparse(
     if sparse is None:
         return dense
     if isinstance(sparse, SparseIndex):
-        if sparse.store_fingerprint != store.fingerprint or len(sparse) != len(store):
-            raise ValueError(
-                f"the sparse index was built from another block store ({len(sparse):,} blocks, fingerprint "
-                f"{sparse.store_fingerprint[:12]}; this store: {len(store):,}, {store.fingerprint[:12]}); rebuild it "
-                f"with: realm index build-sparse --store {store.path} --out <sparse>"
-            )
+        check_sparse_store(sparse, store)
     else:
         sparse = SparseIndex.open(sparse, store)
     return HybridIndex(dense, sparse, depth=depth, k0=k0, fusion=fusion, weight=weight)
+
+
+def check_sparse_store(index: Index | SparseIndex, store: Any) -> None:
+    """Refuse a BM25 index (alone, or the sparse half of a `HybridIndex`) built from another store than `store`.
+
+    A dense index alone passes (its own size check is `realm.index.base.check_index_size`); so does a store
+    without a fingerprint (an in-memory stand-in).
+    """
+    sparse = index.sparse if isinstance(index, HybridIndex) else index
+    fingerprint = getattr(store, "fingerprint", None)
+    if not isinstance(sparse, SparseIndex) or fingerprint is None:
+        return
+    if sparse.store_fingerprint != fingerprint or len(sparse) != len(store):
+        raise ValueError(
+            f"the sparse index was built from another block store ({len(sparse):,} blocks, fingerprint "
+            f"{sparse.store_fingerprint[:12]}; this store: {len(store):,}, {fingerprint[:12]}); rebuild it "
+            f"with: realm index build-sparse --store {getattr(store, 'path', '<store>')} --out <sparse>"
+        )
 
 
 def describe_retrieval(index: Index) -> dict[str, Any]:
