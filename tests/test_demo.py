@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from realm.bundle import read_bundle
 from realm.demo import DemoConfig, run_demo
 from realm.demo.data import (
     Article,
@@ -20,6 +21,7 @@ from realm.demo.data import (
     title_answers,
 )
 from realm.demo.estimates import COSTS, estimate
+from realm.pipeline import Pipeline
 from tests.test_bert_import import write_tiny_bert
 
 CORPUS = {
@@ -93,10 +95,21 @@ def test_stages_run_then_are_skipped(tmp_path: Path) -> None:
     assert [e.name for e in estimates] == ["retriever", "index", "reader", "evaluate"]
     assert [e.units for e in estimates] == [len(CORPUS), len(CORPUS), 2 * 2, round(0.5 * len(CORPUS))]
     names = [s.name for s in first.stages]
-    assert names == ["init", "blocks", "questions", "retriever", "index", "reader", "evaluate", "answer"]
+    assert names == ["init", "blocks", "questions", "retriever", "index", "reader", "sparse", "evaluate", "answer"]
     assert not any(s.skipped for s in first.stages)
     assert first.metrics["count"] == 2 and 0 <= first.metrics["exact_match"] <= 1
+    assert first.metrics["reliability"]["count"] == 2  # the held-out answers' probabilities against EM
     assert len(first.answers) == 1 and first.answers[0].evidence
+    # The demo answers with hybrid retrieval and ends by writing its bundle, which loads the same pipeline.
+    assert first.pipeline.retrieval()["mode"] == "hybrid"
+    cache = tmp_path / "cache"
+    bundle = read_bundle(cache)
+    assert bundle.model == cache / "reader" / "run" / "last" and bundle.store == cache / "blocks" / "store"
+    assert bundle.index == cache / "index" / "index" and bundle.sparse == cache / "sparse" / "bm25"
+    assert json.loads((cache / "pipeline.json").read_text())["sparse"] == "sparse/bm25"  # relative inside the cache
+    assert (bundle.k, bundle.max_question_length) == (2, 16)
+    again = Pipeline.from_pretrained(cache).ask(list(config.examples))[0]
+    assert again.to_dict() == first.answers[0].to_dict()
 
     second = run_demo(config, progress=False, on_estimate=estimates.append)
     assert len(estimates) == 4  # nothing to estimate when every stage is cached
@@ -107,7 +120,8 @@ def test_stages_run_then_are_skipped(tmp_path: Path) -> None:
     # A changed setting re-runs its stage and the ones after it, not those before.
     third = run_demo(config.__class__(**{**config.__dict__, "reader_steps": 3}), progress=False)
     skipped = {s.name: s.skipped for s in third.stages}
-    assert skipped["retriever"] and skipped["index"] and not skipped["reader"] and not skipped["evaluate"]
+    assert skipped["retriever"] and skipped["index"] and skipped["sparse"]
+    assert not skipped["reader"] and not skipped["evaluate"]
 
 
 def test_estimates_scale_the_measured_costs() -> None:

@@ -76,7 +76,8 @@ def test_evaluate_reports_gold_article_recall(tmp_path: Path, capsys) -> None:
     for row in rows[:2]:  # a hit is a retrieved block of the gold article
         assert row["title_hits"] == [titles[i] == row["title"] for i in row["retrieved"]]
     expected = {k: sum(any(r["title_hits"][:k]) for r in rows[:2]) / 2 for k in (1, 5)}
-    shown = {line.rsplit(maxsplit=1)[0]: line.split()[-1] for line in table.splitlines()[2:]}
+    metrics = table.split("\n\n")[0]  # the metrics table; the reliability table follows it
+    shown = {line.rsplit(maxsplit=1)[0]: line.split()[-1] for line in metrics.splitlines()[2:]}
     assert shown["gold-article recall@1"] == f"{100 * expected[1]:.2f}"
     assert shown["gold-article recall@5"] == f"{100 * expected[5]:.2f}"
     assert shown["questions with a gold article"] == "2"

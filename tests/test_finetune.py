@@ -201,6 +201,48 @@ def test_step_loss_and_gradients_equal_realm_for_open_qa(kb) -> None:
     assert ours.embedder.realm.embeddings.word_embeddings.weight.grad.abs().sum() > 0  # the query tower learns
 
 
+def test_hybrid_candidate_search_gets_the_question_strings(kb, tmp_path) -> None:
+    """With a BM25 index (`sparse=`), fine-tuning's K candidates are the hybrid's, chosen from the questions'
+    strings as well as their embeddings; the run evaluates with the same hybrid."""
+    pytest.importorskip("bm25s")
+    from realm.index.hybrid import HybridIndex, with_sparse
+    from realm.index.sparse import build_sparse_index
+
+    build_sparse_index(kb["store"], tmp_path / "bm25", progress=False)
+    store = BlockStore.open(kb["store"])
+    tokenizer = RealmTokenizerFast.from_pretrained(kb["store"] / "tokenizer")
+
+    class Recording(HybridIndex):  # the real hybrid, noting what each search received and returned
+        calls: list = []
+
+        def search(self, queries, k, texts=None):
+            found = super().search(queries, k, texts)
+            self.calls.append((texts, k, found.ids.tolist()))
+            return found
+
+    hybrid = with_sparse(open_index(kb["index"]), tmp_path / "bm25", store, depth=8)
+    index = Recording(hybrid.dense, hybrid.sparse, depth=8)
+    config = RealmConfig.from_pretrained(kb["init"])
+    embedder, reader = load_towers(kb["init"], config, torch.device("cpu"))
+    ours = OpenQAFinetuner(embedder, reader, store, index, tokenizer, 6, 3, 40).train()
+    examples = [json.loads(line) for line in kb["train"].read_text().splitlines()][:3]
+    questions = [e["question"] for e in examples]
+    encoded = encode_questions(tokenizer, questions, [e["answer"] for e in examples], 32)
+    input_ids, attention_mask = collate_questions(encoded.question_ids, tokenizer.pad_token_id)
+    with pytest.raises(ValueError, match="texts=questions"):  # without the strings BM25 cannot search
+        ours(input_ids, attention_mask, encoded.answer_ids)
+    out = ours(input_ids, attention_mask, encoded.answer_ids, questions)
+    assert torch.isfinite(out.loss) and index.calls[-1][:2] == (questions, 6)
+    with torch.no_grad():
+        query = embedder(input_ids, attention_mask=attention_mask).projected_score
+    assert index.calls[-1][2] == hybrid.search(query, 6, texts=questions).ids.tolist()
+
+    result = finetune(run_config(kb, tmp_path / "run", sparse=str(tmp_path / "bm25"), depth=8, num_steps=2,
+                                 dev=str(kb["train"]), eval_every=2, eval_examples=4))  # fmt: skip
+    assert result.step == 2 and result.best is not None
+    assert json.loads((tmp_path / "run" / "finetune_config.json").read_text())["sparse"] == str(tmp_path / "bm25")
+
+
 @pytest.mark.parametrize("slow_tokenizer", [False, True])
 def test_vectorised_has_answers_equal_block_has_answer(kb, tmp_path, slow_tokenizer) -> None:
     vocab = kb["root"] / "vocab.txt"

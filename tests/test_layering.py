@@ -25,7 +25,7 @@ FLOORS = {
     # 3: the models, the indexes, and the one retrieve and read they are used through
     "modeling": 3, "index": 3, "retrieval": 3, "qa": 3,
     # 4: question answering over a corpus, evaluation, what both training loops share
-    "pipeline": 4, "eval": 4, "train": 4,
+    "pipeline": 4, "bundle": 4, "eval": 4, "train": 4,
     # 5: the two training loops
     "finetune": 5, "pretrain": 5,
     # 6: entry points

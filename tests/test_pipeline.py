@@ -38,11 +38,15 @@ def test_answers_equal_the_open_qa_model(setup) -> None:
         out = model(**tokenizer([answer.question], return_tensors="pt"))
         retrieved = out.retrieved_block_ids.tolist()
         assert [e.block_id for e in answer.evidence] == retrieved
-        assert answer.block_id == retrieved[int(out.reader_output.block_idx)]
+        # The best single span (the port's prediction) is the best of the evidence's spans; the answer itself
+        # is the string of highest marginal probability (tests/test_pipeline_answers.py), which may differ.
+        top = max(answer.evidence, key=lambda e: e.span_score)
+        assert top.block_id == retrieved[int(out.reader_output.block_idx)]
         # The character span, re-tokenized, gives the wordpieces the model predicted.
-        assert tokenizer(answer.text, add_special_tokens=False).input_ids == out.predicted_answer_ids.tolist()
-        top = next(e for e in answer.evidence if e.block_id == answer.block_id)
-        assert top.text[top.span_start : top.span_end] == answer.text and top.span_score == answer.score
+        assert tokenizer(top.span_text, add_special_tokens=False).input_ids == out.predicted_answer_ids.tolist()
+        assert top.text[top.span_start : top.span_end] == top.span_text
+        assert answer.text in next(e for e in answer.evidence if e.block_id == answer.block_id).text
+        assert answer.score <= top.span_score + 1e-5
         probs = [e.retrieval_probability for e in answer.evidence]
         assert abs(sum(probs) - 1) < 1e-5 and probs == sorted(probs, reverse=True)
 
@@ -77,7 +81,11 @@ def test_ask_and_evaluate_commands(setup, tmp_path, capsys) -> None:
     assert main(["ask", "the capital of france?", *common]) == 0
     out = capsys.readouterr().out
     expected = pipeline.ask("the capital of france?")[0]
-    assert f"A: {expected.text}" in out and out.count(" p=") == 3 and "[[" in out
+    assert out.count(" p=") == 3 and "[[" in out
+    # The tiny random reader is unsure: below the default threshold the best guess is shown as such.
+    assert not expected.sure and f"A: not sure (p={expected.probability:.2f} < 0.30); best guess: {expected.text}" in out
+    assert main(["ask", "the capital of france?", *common, "--threshold", "0"]) == 0
+    assert f"A: {expected.text}   (p={expected.probability:.2f}, block {expected.block_id})" in capsys.readouterr().out
 
     data = tmp_path / "dev.jsonl"
     data.write_text(

@@ -135,7 +135,12 @@ def test_ask_search_health(server, pipeline) -> None:
         same_answer(one, pipeline.ask([QUESTIONS[1]], k=2)[0])
         assert len(one["evidence"]) == 2
         best = next(e for e in one["evidence"] if e["block_id"] == one["block_id"])
-        assert best["text"][best["span_start"] : best["span_end"]] == one["text"]
+        assert best["text"][one["span_start"] : one["span_end"]] == one["text"]
+        assert 0 < one["probability"] < 1 and one["sure"] == (one["probability"] >= pipeline.threshold)
+        # A request's own threshold decides "sure", and only that: the answers stay the same.
+        for threshold, sure in ((0.0, True), (1.0, False), (0, True)):
+            (mine,) = client.post("/ask", json={"question": QUESTIONS[1], "k": 2, "threshold": threshold}).json()["answers"]
+            assert mine == {**one, "sure": sure}
 
         search = client.post("/search", json={"questions": QUESTIONS[:2], "k": 4}).json()
         retrieved = pipeline.retrieve(QUESTIONS[:2], 4)
@@ -151,6 +156,7 @@ def test_ask_search_health(server, pipeline) -> None:
         assert health["index"]["blocks"] == 8 and health["index"]["dim"] == 16 and health["k"] == 3
         assert health["credit"] == "Text: test fixture" and health["reload"] == {"allowed": False, "count": 0}
         assert health["limits"]["max_k"] == 5
+        assert health["retrieval"] == {"mode": "dense"} and health["threshold"] == pipeline.threshold
         spec = client.get("/openapi.json").json()
         assert {"/ask", "/search", "/health", "/reload"} <= set(spec["paths"])
         assert "questions" in json.dumps(spec["paths"]["/ask"]["post"]["requestBody"])
@@ -218,6 +224,10 @@ BAD_REQUESTS = [
     (b'{"question": "a?", "k": NaN}', 422, "k"),
     (b'{"question": "\\ud800?"}', 422, "question"),  # a lone surrogate: valid JSON, not text
     ({"question": "a?", "top_k": 3}, 422, "top_k"),
+    ({"question": "a?", "threshold": 1.5}, 422, "threshold"),
+    ({"question": "a?", "threshold": -0.1}, 422, "threshold"),
+    ({"question": "a?", "threshold": "0.5"}, 422, "threshold"),
+    ({"question": "a?", "threshold": None}, 200, None),  # null threshold means the server's
     (["a?"], 422, "body"),
     ("a?", 422, "body"),
 ]

@@ -106,7 +106,24 @@ def test_ask_in_the_browser(driver, pipeline, tmp_path) -> None:
             assert width == pytest.approx(bar * evidence.retrieval_probability, abs=1.5)
         top = driver.find_element(By.CSS_SELECTOR, "#evidence li.block.best")
         assert top.find_element(By.CSS_SELECTOR, ".text").text.replace("\n", " ") == best.text
-        assert top.find_element(By.CSS_SELECTOR, "mark.answer").text == expected.text == best.span_text
+        # The answer's own span is marked in its block (the most probable answer string's best span).
+        answer_span = best.text[expected.span_start : expected.span_end]
+        assert top.find_element(By.CSS_SELECTOR, "mark.answer").text == expected.text == answer_span
+
+        # The probability replaces the raw joint score; below the threshold the page says "not sure".
+        meta = driver.find_element(By.ID, "answer-meta").text
+        assert f"probability {100 * expected.probability:.1f}%" in meta and "score" not in meta
+        # (the label is shown in capitals by CSS)
+        assert driver.find_element(By.ID, "verdict").text.lower() == ("answer" if expected.sure else "not sure — best guess")
+        assert 0 < expected.probability < 1
+        for percent, verdict in (("0", "answer"), ("100", "not sure — best guess")):
+            driver.find_element(By.ID, "threshold").clear()
+            driver.find_element(By.ID, "threshold").send_keys(percent)
+            driver.find_element(By.ID, "submit").click()
+            wait.until(lambda d, v=verdict: d.find_element(By.ID, "verdict").text.lower() == v)
+            assert driver.find_element(By.ID, "answer").text == expected.text  # the best guess is still shown
+            assert ("below the threshold 100%" in driver.find_element(By.ID, "answer-meta").text) == (percent == "100")
+            assert ("unsure" in driver.find_element(By.ID, "answer-box").get_attribute("class")) == (percent == "100")
 
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / ".gitignore").write_text("*\n")  # artefacts are never committed

@@ -170,6 +170,34 @@ def reader_losses(
     return retriever_loss, reader_loss
 
 
+def top_joint_spans(reader_logits: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The M most probable (block, span) pairs under the reader's joint distribution, for one question:
+
+        p(z, s | x) = exp(g(z, s)) / sum over all R x S pairs (z', s') of exp(g(z', s')),
+        g(z, s) = span logit of s in z + retrieval logit of z
+
+    the distribution whose marginal over the correct pairs is the reader loss of `reader_losses` (ORQA's
+    MML, REALM's fine-tuning objective). The softmax runs over ALL pairs; only the M best are returned
+    (the others' mass is what `top` leaves out). Pairs masked with finfo.min (spans leaving the block)
+    get probability 0 and are not returned.
+
+    Args:
+        reader_logits: [R, S] joint span scores.
+        top: M, pairs kept (clamped to R x S).
+    Returns:
+        probabilities [M'] float32 (descending, M' <= M: the pairs with probability > 0), block index [M']
+        and span index [M'] (int64) of each pair.
+    """
+    logits = reader_logits.float()
+    flat = logits.reshape(-1)  # [R*S]
+    probabilities = flat.softmax(dim=0)  # [R*S]
+    probabilities, order = probabilities.topk(min(top, flat.numel()))  # [M]
+    keep = (flat[order] > torch.finfo(reader_logits.dtype).min) & (probabilities > 0)
+    probabilities, order = probabilities[keep], order[keep]
+    width = reader_logits.shape[1]
+    return probabilities, order // width, order % width
+
+
 def in_batch_softmax_loss(
     query: torch.Tensor, blocks: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -110,10 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     iadd.set_defaults(run=_index_add)
 
     def add_pipeline_args(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--model", required=True, help="RealmForOpenQA checkpoint directory")
-        sub.add_argument("--store", required=True, help="block store directory")
-        sub.add_argument("--index", required=True, help="index directory built from that store")
-        sub.add_argument("--k", type=int, default=5, help="blocks read per question (REALM: 5)")
+        where = "default: the last `realm demo`'s bundle, $REALM_CACHE/demo/pipeline.json"
+        sub.add_argument("--bundle", metavar="DIR", help=f"a directory holding pipeline.json ({where})")
+        sub.add_argument("--model", help="RealmForOpenQA checkpoint directory (with --store and --index, instead of a bundle)")
+        sub.add_argument("--store", help="block store directory")
+        sub.add_argument("--index", help="index directory built from that store")
+        sub.add_argument("--sparse", help="BM25 index of the store (realm index build-sparse): dense + BM25 hybrid retrieval")
+        sub.add_argument("--dense-only", action="store_true", help="do not use the bundle's BM25 index")
+        sub.add_argument("--fusion", choices=("weighted", "rrf"), help="hybrid fusion (default weighted)")
+        sub.add_argument("--depth", type=int, help="hybrid: hits taken from each index before fusing (default 100)")
+        sub.add_argument("--weight", type=float, help="hybrid weighted fusion: BM25's weight (default 0.5)")
+        sub.add_argument("--k", type=int, help="blocks read per question (default: the bundle's, else 5 as REALM)")
+        sub.add_argument("--threshold", type=float,
+                         help='answers below this probability are "not sure" (default: the bundle\'s, else 0.3)')  # fmt: skip
         sub.add_argument("--device", default="cpu")
 
     ask = commands.add_parser("ask", help="answer questions, with the evidence blocks")
@@ -144,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 20, 100])
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--out", help="write predictions JSONL here")
+    ev.add_argument("--summary", help="write the summary (scores, reliability table, ECE) as JSON here")
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(run=_evaluate)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -12,7 +13,6 @@ DEMO_CREDIT = "Text: Wikipedia (CC BY-SA 4.0); weights: sentence-transformers/al
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import json
     import time
 
     from realm.demo import DemoConfig, run_demo
@@ -47,7 +47,7 @@ def _demo(args: argparse.Namespace) -> int:
     if m.get("dev_answerable", {}).get("count"):
         print(f"dev set, answer in the gold block ({m['dev_answerable']['count']}): EM {100 * m['dev_answerable']['exact_match']:.1f}")
     for answer in result.answers:
-        _print_answer(answer)
+        _print_answer(answer, result.pipeline.threshold)
     print(f"first answers after {time.perf_counter() - started:.1f} s. {DEMO_CREDIT}")
     if args.serve:
         try:
@@ -67,33 +67,77 @@ def _demo(args: argparse.Namespace) -> int:
             break
         if not question:
             break
-        _print_answer(result.pipeline.ask(question)[0])
+        _print_answer(result.pipeline.ask(question)[0], result.pipeline.threshold)
     return 0
 
 
-def _print_answer(answer) -> None:
-    print(f"Q: {answer.question}\nA: {answer.text}")
+def _answer_line(answer, threshold: float) -> str:
+    """`A: text  (p=0.62, block 3)`, or the best guess marked "not sure" below the threshold."""
+    if answer.sure:
+        return f"A: {answer.text}   (p={answer.probability:.2f}, block {answer.block_id})"
+    return (f"A: not sure (p={answer.probability:.2f} < {threshold:.2f}); best guess: {answer.text}   "
+            f"(block {answer.block_id})")  # fmt: skip
+
+
+def _print_answer(answer, threshold: float) -> None:
+    print(f"Q: {answer.question}\n{_answer_line(answer, threshold)}")
     for rank, ev in enumerate(answer.evidence[:3], 1):
         marked = ev.text[: ev.span_start] + "[[" + ev.span_text + "]]" + ev.text[ev.span_end :]
         print(f"  {rank}. p={ev.retrieval_probability:.2f} {ev.title}: {marked[:160]}")
 
 
+def _bundle_dir(args: argparse.Namespace) -> Path | None:
+    """The bundle a command answers with: --bundle, else the last demo's when no --model/--store/--index."""
+    paths = {"--model": args.model, "--store": args.store, "--index": args.index}
+    given = [name for name, value in paths.items() if value]
+    if args.bundle and given:
+        raise ValueError(f"give either --bundle or --model/--store/--index, not both (got --bundle and {given})")
+    if given:
+        missing = [name for name, value in paths.items() if not value]
+        if missing:
+            raise ValueError(f"{' and '.join(missing)} missing: give all of --model, --store and --index (or a --bundle)")
+        return None
+    from realm.bundle import BUNDLE_NAME, is_bundle
+    from realm.demo import default_cache_dir
+
+    directory = Path(args.bundle) if args.bundle else default_cache_dir()
+    if not is_bundle(directory):
+        where = f"--bundle {directory}" if args.bundle else f"the last demo's bundle ({directory / BUNDLE_NAME})"
+        raise FileNotFoundError(
+            f"{where} does not exist: run `realm demo` first, or pass --model, --store and --index"
+        )
+    return directory
+
+
 def _pipeline(args: argparse.Namespace):
+    """The Pipeline of the command's arguments; says on stderr which bundle it uses."""
     from realm.pipeline import Pipeline
 
-    return Pipeline.from_pretrained(args.model, args.store, args.index, device=args.device, k=args.k)
+    bundle = _bundle_dir(args)
+    settings = dict(fusion=args.fusion, depth=args.depth, weight=args.weight, k=args.k, threshold=args.threshold)
+    settings = {name: value for name, value in settings.items() if value is not None}
+    sparse = False if args.dense_only else args.sparse
+    if bundle is not None:
+        print(f"realm: using the pipeline bundle {bundle / 'pipeline.json'}", file=sys.stderr, flush=True)
+        pipeline = Pipeline.from_pretrained(bundle, sparse=sparse, device=args.device, **settings)
+    else:
+        pipeline = Pipeline.from_pretrained(
+            args.model, args.store, args.index, sparse=sparse or None, device=args.device, **settings
+        )
+    retrieval = pipeline.retrieval()
+    print(f"realm: {retrieval.pop('mode')} retrieval {json.dumps(retrieval) if retrieval else ''}".rstrip(),
+          file=sys.stderr, flush=True)  # fmt: skip
+    return pipeline
 
 
 def _ask(args: argparse.Namespace) -> int:
-    import json
-
     questions = args.questions or [line.strip() for line in sys.stdin if line.strip()]
     pipeline = _pipeline(args)
     for answer in pipeline.ask(questions):
         if args.json:
             print(json.dumps(answer.to_dict(), ensure_ascii=False))
             continue
-        print(f"Q: {answer.question}\nA: {answer.text}   (score {answer.score:.2f}, block {answer.block_id})")
+        print(f"Q: {answer.question}\n{_answer_line(answer, pipeline.threshold)}")
         for rank, ev in enumerate(answer.evidence, 1):
             marked = ev.text[: ev.span_start] + "[[" + ev.span_text + "]]" + ev.text[ev.span_end :]
             title = f"{ev.title}: " if ev.title else ""
@@ -103,12 +147,18 @@ def _ask(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from realm.bundle import read_bundle
     from realm.serve import ServeConfig, run_server
 
+    bundle = _bundle_dir(args)
+    store, index, model = args.store, args.index, args.model
+    if bundle is not None:  # SIGHUP reopens the bundle's store and index
+        named = read_bundle(bundle)
+        store, index, model = str(named.store), str(named.index), str(named.model)
     config = ServeConfig(
         host=args.host, port=args.port, k=args.k, max_k=args.max_k, max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms, max_questions=args.max_questions, max_question_chars=args.max_question_chars,
-        allow_reload=args.allow_reload, store=args.store, index=args.index, model_name=args.model, credit=args.credit,
+        allow_reload=args.allow_reload, store=store, index=index, model_name=model, credit=args.credit,
         access_log=args.access_log,
     )  # fmt: skip
     try:
@@ -136,5 +186,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.out:
         write_predictions_jsonl(args.out, rows)
+    if args.summary:
+        from realm.atomic import atomic_write_text
+
+        atomic_write_text(args.summary, json.dumps(summary.to_dict(), indent=2) + "\n")
     print(summary.table())
+    if summary.reliability is not None:
+        print("\nanswer probability against exact match (reliability):")
+        print(summary.reliability.table())
     return 0

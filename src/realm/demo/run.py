@@ -11,9 +11,13 @@ its inputs and settings; a stage whose settings changed starts again from an emp
                outside the blocks against every block; the projection best on the dev set is kept
                (`realm.demo.retriever`; the dev curve in `retriever/metrics.jsonl`)
     index      `build_index` with that embedder
+    sparse     the BM25 index of the store (`realm index build-sparse`; skipped without bm25s): hybrid retrieval
     reader     `realm.finetune` of the reader (the query tower too if `reader_train_query_tower`)
     evaluate   held-out recall@k and EM with `realm.eval.evaluate`; gold-article recall@k on the held-out
                description questions and on the dev set of human-style questions, EM on its answerable ones
+
+It ends by writing `cache_dir/pipeline.json` (`realm.bundle`): the reader checkpoint, store, index and BM25
+index it answers with, which `realm ask` / `serve` / `evaluate` then use when given no paths.
 
 Index build and fine-tuning resume where a kill left them (they write atomically chunk by chunk or
 checkpoint by checkpoint); the other stages are short and simply run again.
@@ -35,6 +39,7 @@ import torch
 
 from realm.atomic import atomic_write_text
 from realm.demo import data
+from realm.demo.bundle import sparse_stage, write_demo_bundle
 from realm.demo.estimates import StageEstimate
 from realm.demo.stages import StageReport, Stages, file_key, fingerprint
 
@@ -255,11 +260,12 @@ def run_demo(
         "reader_beam_size", "seed")}}  # fmt: skip
     reader_dir, _, reader_fp = stages.run("reader", key, reader)
     checkpoint = reader_dir / "run" / "last"
+    sparse_index, sparse_fp = sparse_stage(stages, blocks_dir / "store", blocks_fp, progress)
 
     from realm.pipeline import Pipeline
 
-    pipeline = Pipeline.from_pretrained(checkpoint, store, index_dir / "index", k=config.reader_beam_size,
-                                        max_question_length=config.question_max_length)  # fmt: skip
+    pipeline = Pipeline.from_pretrained(checkpoint, store, index_dir / "index", sparse=sparse_index,
+                                        k=config.reader_beam_size, max_question_length=config.question_max_length)  # fmt: skip
 
     def evaluation(directory: Path) -> dict[str, Any]:
         from realm.eval import read_qa_jsonl, write_predictions_jsonl
@@ -288,11 +294,12 @@ def run_demo(
             summary["dev_answerable"] = {"count": len(answerable), "exact_match": result.to_dict()["exact_match"]}
         return summary
 
-    key = {"reader": reader_fp, "n": config.eval_questions, "dev": dev_key}
+    key = {"reader": reader_fp, "n": config.eval_questions, "dev": dev_key, "sparse": sparse_fp}
     _, metrics, _ = stages.run("evaluate", key, evaluation)
     started = time.perf_counter()
     answers = pipeline.ask(list(config.examples)) if config.examples else []
     stages._report("answer", started, False, {"questions": len(answers)}, cache, "")
+    write_demo_bundle(cache, pipeline, checkpoint, blocks_dir / "store", index_dir / "index", sparse_index)
     return DemoResult(cache, stages.reports, metrics, answers, pipeline)
 
 

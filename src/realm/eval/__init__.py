@@ -6,7 +6,8 @@
     exact_match("the Beatles", ["Beatles"])                      # True (ORQA normalisation)
     retrieval_hits(block_texts, example.answers)                 # [bool] per block: DPR token match
     title_hits(block_titles, example.title)                      # [bool] per block: the gold article's
-    print(summarize(rows, regex=False).table())                  # EM, F1, recall@k
+    print(summarize(rows, regex=False).table())                  # EM, F1, recall@k, reliability
+    reliability_table(probabilities, correct).ece                # calibration of answer probabilities
 
 Which function follows which reference, and why the retriever's training label (`has_answer_substring`,
 ORQA) differs from the recall@k match (`has_answer`, DPR): see `realm.eval.metrics`.
@@ -14,6 +15,7 @@ ORQA) differs from the recall@k match (`has_answer`, DPR): see `realm.eval.metri
 
 from __future__ import annotations
 
+from realm.eval.calibration import Reliability, ReliabilityBin, reliability_table
 from realm.eval.data import (
     PREDICTION_KEYS,
     QADataError,
@@ -50,6 +52,8 @@ __all__ = [
     "MatchMode",
     "QADataError",
     "QAExample",
+    "Reliability",
+    "ReliabilityBin",
     "Summary",
     "compile_answer_regex",
     "dpr_tokenize",
@@ -65,6 +69,7 @@ __all__ = [
     "read_qa_jsonl",
     "recall_at_k",
     "regex_match",
+    "reliability_table",
     "retrieval_hits",
     "summarize",
     "title_hits",

@@ -25,8 +25,9 @@ def evaluate(
     `pipeline.k` of them.
 
     Returns:
-        prediction rows (question, answers, prediction, score, block_id, retrieved ids, hits; and title,
-        title_hits for examples with a gold article) and the summary.
+        prediction rows (question, answers, prediction, score, probability, sure, block_id, retrieved ids,
+        hits; and title, title_hits for examples with a gold article) and the summary (with the reliability
+        table of the answer probabilities).
     """
     from tqdm.auto import tqdm
 
@@ -46,6 +47,8 @@ def evaluate(
                     "answers": list(example.answers),
                     "prediction": answer.text,
                     "score": answer.score,
+                    "probability": answer.probability,
+                    "sure": answer.sure,
                     "block_id": answer.block_id,
                     "retrieved": ids,
                     "hits": retrieval_hits(texts, example.answers, mode="regex" if regex else "string"),

@@ -9,6 +9,8 @@ wrong, as ORQA's `missing_predictions`) and "answers" (strings, or regexes when 
 carry "hits" (one bool per retrieved block, best first, from `metrics.retrieval_hits`), recall@k is
 reported too; then every row must carry them. Rows of questions with a gold article carry "title_hits"
 (from `metrics.title_hits`): gold-article recall@k is reported over those rows (other rows may lack it).
+When rows carry "probability" (the answer's probability, `Pipeline`'s marginal), a reliability table of it
+against EM is reported too (`realm.eval.calibration`); then every row must carry one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from realm.eval.calibration import Reliability, reliability_table
 from realm.eval.metrics import (
     DEFAULT_RECALL_KS,
     exact_match,
@@ -31,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 HITS_KEY = "hits"
 TITLE_HITS_KEY = "title_hits"
+PROBABILITY_KEY = "probability"
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Summary:
         num_invalid_regex: answer patterns that do not compile (regex mode), counted as no match.
         title_recall: {k: gold-article recall@k} over the rows with "title_hits", else empty.
         num_titled: questions with a gold article (rows with "title_hits").
+        reliability: answer probability against EM (bins, ECE) when the rows carry "probability", else None.
     """
 
     count: int
@@ -58,6 +63,7 @@ class Summary:
     num_invalid_regex: int = 0
     title_recall: dict[int, float] = field(default_factory=dict)
     num_titled: int = 0
+    reliability: Reliability | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (recall keys become "recall@k")."""
@@ -73,10 +79,14 @@ class Summary:
         if self.num_titled:
             out["num_titled"] = self.num_titled
             out.update({f"title_recall@{k}": v for k, v in self.title_recall.items()})
+        if self.reliability is not None:
+            out["ece"] = self.reliability.ece
+            out["reliability"] = self.reliability.to_dict()
         return out
 
     def table(self) -> str:
-        """A two-column plain-text table, one metric a line, rates in percent with two decimals."""
+        """A two-column plain-text table, one metric a line, rates in percent with two decimals (the ECE as a
+        fraction; the reliability bins are `reliability.table()`)."""
         rows: list[tuple[str, str]] = [("questions", f"{self.count:,}")]
         rows.append(("exact match (regex)" if self.regex else "exact match", f"{100 * self.exact_match:.2f}"))
         if self.f1 is not None:
@@ -86,6 +96,8 @@ class Summary:
             if self.num_titled != self.count:
                 rows.append(("questions with a gold article", f"{self.num_titled:,}"))
             rows.extend((f"gold-article recall@{k}", f"{100 * v:.2f}") for k, v in self.title_recall.items())
+        if self.reliability is not None:
+            rows.append(("calibration error (ECE)", f"{self.reliability.ece:.4f}"))
         if self.num_missing:
             rows.append(("missing predictions", f"{self.num_missing:,}"))
         if self.regex:
@@ -138,6 +150,8 @@ def summarize(
     f1_total = 0.0
     all_hits: list[list[bool]] = []
     all_title_hits: list[list[bool]] = []
+    probabilities: list[float] = []
+    right: list[bool] = []
     first_with_hits: bool | None = None
     for index, row in enumerate(predictions):
         count += 1
@@ -145,13 +159,27 @@ def summarize(
         answers = _answers_of(row, index)
         if regex:
             num_invalid += sum(1 for a in answers if not is_valid_regex(a))
+        correct = False
         if prediction is None:
             num_missing += 1
         elif regex:
-            num_correct += regex_match(prediction, answers)
+            correct = regex_match(prediction, answers)
         else:
-            num_correct += exact_match(prediction, answers)
+            correct = exact_match(prediction, answers)
             f1_total += f1_score(prediction, answers)
+        num_correct += correct
+
+        if index and (PROBABILITY_KEY in row) != (len(probabilities) == index):  # row 0 decides: all or none
+            raise ValueError(
+                f'prediction row {index} {"has" if PROBABILITY_KEY in row else "lacks"} "{PROBABILITY_KEY}" unlike '
+                "the rows before it; the reliability table needs a probability on every row or none"
+            )
+        if PROBABILITY_KEY in row:
+            probability = row[PROBABILITY_KEY]
+            if isinstance(probability, bool) or not isinstance(probability, int | float) or not 0 <= probability <= 1:
+                raise ValueError(f'prediction row {index}: "{PROBABILITY_KEY}" must be a number in [0, 1]')
+            probabilities.append(float(probability))
+            right.append(bool(correct))
 
         has_hits = HITS_KEY in row
         if first_with_hits is None:
@@ -187,4 +215,5 @@ def summarize(
         num_invalid_regex=num_invalid,
         title_recall=recall_at_k(all_title_hits, ks) if all_title_hits else {},
         num_titled=len(all_title_hits),
+        reliability=reliability_table(probabilities, right) if probabilities else None,
     )

@@ -29,6 +29,10 @@ class FinetuneConfig(FlatTomlConfig, StepSchedule):
         model: the `RealmForOpenQA` checkpoint to start from (only its `embedder.` and `reader.` weights are
             read; a `block_emb` in it is ignored: `index` replaces it).
         store: the block store; `index`: its embeddings (frozen: the document tower is not trained).
+        sparse: a BM25 index of the store (`realm index build-sparse`) to choose the K candidates with dense +
+            BM25 hybrid retrieval ("" for dense only); refused when built from another store.
+        fusion, depth, weight: the hybrid's fusion ("weighted" or "rrf"), hits taken from each index
+            (raised to K when K is larger), BM25's weight (`realm.index.hybrid.HybridIndex`).
         train: training questions (NQ-open JSONL); `dev`: questions to evaluate on ("" for none).
         output_dir: where `last/`, `best/`, `metrics.jsonl` (and `tensorboard/`) go.
         searcher_beam_size: K, blocks retrieved per question for the retriever loss (ORQA: 5000).
@@ -65,6 +69,10 @@ class FinetuneConfig(FlatTomlConfig, StepSchedule):
     model: str = ""
     store: str = ""
     index: str = ""
+    sparse: str = ""
+    fusion: str = "weighted"
+    depth: int = 100
+    weight: float = 0.5
     train: str = ""
     dev: str = ""
     output_dir: str = ""
@@ -99,7 +107,7 @@ class FinetuneConfig(FlatTomlConfig, StepSchedule):
             if not getattr(self, name):
                 raise ValueError(f"finetune config: {name} is required (set it in the TOML file or as {name}=...)")
         positive = ("searcher_beam_size", "reader_beam_size", "reader_seq_len", "question_max_length",
-                    "batch_size", "grad_accumulation", "num_steps", "log_every", "eval_batch_size")  # fmt: skip
+                    "batch_size", "grad_accumulation", "num_steps", "log_every", "eval_batch_size", "depth")  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"finetune config: {name} must be >= 1, got {getattr(self, name)}")
@@ -110,6 +118,10 @@ class FinetuneConfig(FlatTomlConfig, StepSchedule):
             raise ValueError(
                 f"finetune config: reader_beam_size ({self.reader_beam_size}) must not exceed "
                 f"searcher_beam_size ({self.searcher_beam_size}): the blocks read are the top retrieved"
+            )
+        if self.fusion not in ("rrf", "weighted") or self.weight < 0:
+            raise ValueError(
+                f'finetune config: fusion must be "weighted" or "rrf" and weight >= 0, got {self.fusion!r}, {self.weight}'
             )
         if self.max_span_width is not None and self.max_span_width < 1:
             raise ValueError(f"finetune config: max_span_width must be >= 1, got {self.max_span_width}")

@@ -34,6 +34,7 @@ from realm.finetune.config import FinetuneConfig
 from realm.finetune.step import OpenQAFinetuner, encode_questions
 from realm.index import open_index
 from realm.index.build import check_index
+from realm.index.hybrid import with_sparse
 from realm.inputs import collate_questions
 from realm.modeling.openqa import load_towers
 from realm.pipeline import Pipeline
@@ -101,7 +102,10 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, stop_after: int | 
     store = BlockStore.open(config.store)
     tokenizer = RealmTokenizerFast.from_pretrained(store.path / "tokenizer")
     check_index(config.index, store, store_dir=config.store)
-    index = open_index(config.index)
+    index = with_sparse(
+        open_index(config.index), config.sparse or None, store, fusion=config.fusion, depth=config.depth,
+        weight=config.weight,
+    )  # fmt: skip
     model_config = _model_config(config, len(tokenizer))
     embedder, reader = load_towers(checkpoint or config.model, model_config, device)
     finetuner = OpenQAFinetuner(
@@ -170,7 +174,8 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, stop_after: int | 
             sync = model.no_sync() if context.is_distributed and not last_micro else nullcontext()
             with sync:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                    out = model(input_ids.to(device), attention_mask.to(device), [encoded.answer_ids[i] for i in mine])
+                    out = model(input_ids.to(device), attention_mask.to(device), [encoded.answer_ids[i] for i in mine],
+                                [train[i].question for i in mine])  # fmt: skip
                 (out.loss / config.grad_accumulation).backward()
             totals += torch.stack([
                 (out.retriever_loss + out.reader_loss).sum(), out.retriever_loss.sum(), out.reader_loss.sum(),

@@ -2,8 +2,9 @@
 
 For each question of a batch:
 
-    Retrieve.   q = Embed(question); top-K blocks of the FROZEN index by q . e (K = searcher_beam_size);
-                retrieval logits q . e_k recomputed exactly, differentiable in q only.
+    Retrieve.   q = Embed(question); top-K blocks of the FROZEN index by q . e (K = searcher_beam_size), or
+                of a hybrid dense + BM25 index given the questions' strings; retrieval logits q . e_k
+                recomputed exactly from the dense vectors, differentiable in q only.
     Label.      has_answers[k]: block k, as truncated in the reader's input, contains an answer (token-id
                 matching, as `RealmRetriever.block_has_answer`), for all K blocks, from stored ids.
     Read.       the top R blocks (R = reader_beam_size) as `[CLS] question [SEP] block [SEP]`; span scores
@@ -34,6 +35,7 @@ from realm.distributed import freeze_unused
 from realm.finetune.answers import NO_TOKEN, answers_in_blocks
 from realm.index import Index
 from realm.index.base import check_index_size
+from realm.index.hybrid import check_sparse_store
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.reader import RealmReader
 from realm.qa import read, retrieve
@@ -117,6 +119,7 @@ class OpenQAFinetuner(nn.Module):
     ) -> None:
         super().__init__()
         check_index_size(len(index), len(store))
+        check_sparse_store(index, store)
         self.embedder = embedder
         self.reader = reader
         self.store = store
@@ -129,12 +132,18 @@ class OpenQAFinetuner(nn.Module):
         freeze_unused(self, UNUSED_PARAMETER_PREFIXES)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, answer_ids: list[list[list[int]]]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        answer_ids: list[list[list[int]]],
+        texts: Sequence[str] | None = None,
     ) -> FinetuneOutput:
         """
         Args:
             input_ids, attention_mask: [B, Q] questions (`collate_questions`).
             answer_ids: per question, its answers as token-id lists.
+            texts: the B questions' strings, for an index that scores text too (a hybrid index chooses the
+                K candidates with BM25 as well; it requires them).
         """
         batch = input_ids.shape[0]
         device = self.reader.device
@@ -142,7 +151,7 @@ class OpenQAFinetuner(nn.Module):
         # Retrieve: the frozen index chooses K blocks; their logits q . e_k are differentiable in q only.
         k = min(self.searcher_beam_size, len(self.index))
         retrieved = retrieve(
-            self.embedder, self.index, input_ids, attention_mask, k=k,
+            self.embedder, self.index, input_ids, attention_mask, k=k, texts=texts,
             embed_blocks=lambda ids: self.index.reconstruct(ids).to(device),
         )  # fmt: skip
         block_ids = retrieved.block_ids  # [B, K]

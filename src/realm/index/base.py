@@ -19,7 +19,8 @@ Contract of `Index.search(queries [B, D], k, texts=None) -> SearchResult(scores 
   naming the fix when it gets None (a caller without strings, e.g. `RealmForOpenQA` on token ids). Every
   caller searches through `realm.qa.search_blocks` (the one call site of `Index.search` in the package),
   which hands the questions' strings to an index that wants them whenever the caller has them (`Pipeline`,
-  hence `realm ask`, `realm serve`, `realm evaluate`), so such an index plugs in with no other change.
+  hence `realm ask`, `realm serve`, `realm evaluate`; fine-tuning's `OpenQAFinetuner`), so such an index
+  plugs in with no other change (`realm.index.hybrid.with_sparse` builds one, checking the BM25 index's store).
   Dense indexes (`wants_texts = False`) are never passed `texts`.
 
 The embeddings must be finite: NaN scores have no defined order.

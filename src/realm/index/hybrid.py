@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -244,3 +245,61 @@ class HybridIndex(Index):
             "a HybridIndex is not saved as one directory: save its parts (dense.save(dir), sparse.save(dir2)) "
             "and open them with open_index(dir) and SparseIndex.open(dir2, store)"
         )
+
+
+def with_sparse(
+    dense: Index,
+    sparse: str | os.PathLike[str] | SparseIndex | None,
+    store: Any,
+    *,
+    fusion: str = "weighted",
+    depth: int = DEFAULT_DEPTH,
+    weight: float = DEFAULT_WEIGHT,
+    k0: float = DEFAULT_K0,
+) -> Index:
+    """The index to retrieve with: `dense` alone (sparse None), or dense + BM25 fused (`HybridIndex`).
+
+    The one place a sparse index meets the store it must have been built from: a directory is opened with
+    `SparseIndex.open(sparse, store)`, an opened `SparseIndex` is checked by fingerprint; either is refused
+    when built from another store, with the command that rebuilds it.
+
+    Args:
+        dense: the embedder's index of `store`.
+        sparse: a sparse index directory (`realm index build-sparse`), an opened `SparseIndex`, or None.
+        store: the `BlockStore` both indexes serve.
+        fusion, depth, weight, k0: as `HybridIndex`.
+    """
+    if sparse is None:
+        return dense
+    if isinstance(sparse, SparseIndex):
+        check_sparse_store(sparse, store)
+    else:
+        sparse = SparseIndex.open(sparse, store)
+    return HybridIndex(dense, sparse, depth=depth, k0=k0, fusion=fusion, weight=weight)
+
+
+def check_sparse_store(index: Index | SparseIndex, store: Any) -> None:
+    """Refuse a BM25 index (alone, or the sparse half of a `HybridIndex`) built from another store than `store`.
+
+    A dense index alone passes (its own size check is `realm.index.base.check_index_size`); so does a store
+    without a fingerprint (an in-memory stand-in).
+    """
+    sparse = index.sparse if isinstance(index, HybridIndex) else index
+    fingerprint = getattr(store, "fingerprint", None)
+    if not isinstance(sparse, SparseIndex) or fingerprint is None:
+        return
+    if sparse.store_fingerprint != fingerprint or len(sparse) != len(store):
+        raise ValueError(
+            f"the sparse index was built from another block store ({len(sparse):,} blocks, fingerprint "
+            f"{sparse.store_fingerprint[:12]}; this store: {len(store):,}, {fingerprint[:12]}); rebuild it "
+            f"with: realm index build-sparse --store {getattr(store, 'path', '<store>')} --out <sparse>"
+        )
+
+
+def describe_retrieval(index: Index) -> dict[str, Any]:
+    """How an index retrieves, for people and /health: {"mode": "dense"} or the hybrid's fusion settings."""
+    if not isinstance(index, HybridIndex):
+        return {"mode": "dense"}
+    settings: dict[str, Any] = {"mode": "hybrid", "fusion": index.fusion, "depth": index.depth}
+    settings.update({"k0": index.k0} if index.fusion == "rrf" else {"weight": index.weight})
+    return settings

@@ -10,6 +10,7 @@ wrong type or value; 503 shutting down. A 500 means a bug.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import signal
@@ -48,6 +49,7 @@ class AskRequest(BaseModel):
     question: str | None = None
     questions: list[str] | None = None
     k: int | None = None
+    threshold: float | None = None  # /ask: answers below this probability are "not sure" (default: the server's)
 
 
 class ReloadRequest(BaseModel):
@@ -231,18 +233,26 @@ async def index_page(request: Request) -> HTMLResponse:
 
 
 async def ask(request: Request) -> dict[str, Any]:
-    """Body: `{"question": str}` or `{"questions": [str, ...]}`, optional `"k"` (blocks read).
+    """Body: `{"question": str}` or `{"questions": [str, ...]}`, optional `"k"` (blocks read) and `"threshold"`
+    (answers whose probability is below it come back with `"sure": false`: show them as "not sure").
     Concurrent requests are answered in one batched model call."""
     server = _server(request)
-    questions, k = questions_and_k(await parse(request, AskRequest), server)
+    req = await parse(request, AskRequest)
+    questions, k = questions_and_k(req, server)
+    threshold = server.current().pipeline.threshold if req.threshold is None else req.threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise ApiError(422, "threshold", f"threshold must be a probability in [0, 1], got {threshold}")
     started = time.perf_counter()
     try:
         answers = await server.batcher.ask(questions, k)
     except RuntimeError as err:
         raise ApiError(503, None, str(err)) from None
+    # "sure" is the one field the threshold decides: requests with different thresholds share a model call.
+    answers = [dataclasses.replace(a, sure=a.probability >= threshold) for a in answers]
     return {
         "answers": [a.to_dict() for a in answers],
         "k": k,
+        "threshold": threshold,
         "seconds": round(time.perf_counter() - started, 4),
     }
 
@@ -277,6 +287,7 @@ async def health(request: Request) -> dict[str, Any]:
         "model": config.model_name or f"RealmReader ({model.num_hidden_layers} layers, hidden {model.hidden_size})",
         **current.describe(),
         "k": server.default_k(),
+        "threshold": current.pipeline.threshold,
         "limits": {
             "max_k": config.max_k,
             "max_questions": config.max_questions,

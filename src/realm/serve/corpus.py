@@ -10,6 +10,7 @@ from pathlib import Path
 from realm.corpus import BlockStore
 from realm.index import open_index, read_manifest
 from realm.index.build import check_index
+from realm.index.hybrid import HybridIndex, with_sparse
 from realm.pipeline import Pipeline
 
 
@@ -38,6 +39,7 @@ class Corpus:
     def describe(self) -> dict[str, object]:
         index = self.pipeline.index
         return {
+            "retrieval": self.pipeline.retrieval(),
             "corpus": {
                 "name": self.store_dir.name if self.store_dir else "in-memory",
                 "blocks": len(self.pipeline.store),
@@ -87,8 +89,19 @@ def open_corpus(
         index = open_index(index_dir)
     except (OSError, ValueError, ImportError) as err:
         raise CorpusError(422, "index", f"cannot open the index {index_dir}: {err}") from err
+    if isinstance(base.index, HybridIndex):  # keep retrieving as the server was started: hybrid
+        hybrid = base.index
+        try:
+            index = with_sparse(index, hybrid.sparse, store, fusion=hybrid.fusion, depth=hybrid.depth,
+                                weight=hybrid.weight, k0=hybrid.k0)  # fmt: skip
+        except ValueError as err:
+            raise CorpusError(
+                409, "store", f"this server retrieves with dense + BM25 and its BM25 index does not fit {store_dir}: "
+                f"{err}; then restart realm serve with --sparse pointing to the new one",
+            ) from err
     pipeline = Pipeline(
         base.embedder, base.reader, store, index,
         tokenizer=base.tokenizer, k=base.k, max_question_length=base.max_question_length,
+        threshold=base.threshold, marginal_spans=base.marginal_spans,
     )  # fmt: skip
     return Corpus(pipeline, store_dir, index_dir)
