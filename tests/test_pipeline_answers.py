@@ -12,6 +12,7 @@ import torch
 from realm import RealmForOpenQA, RealmRetriever, RealmTokenizerFast
 from realm.corpus import Block, BlockStore
 from realm.eval import normalize_answer, reliability_table, summarize
+from realm.eval.calibration import fit_temperature
 from realm.index import ExactIndex
 from realm.objectives import top_joint_spans
 from realm.pipeline import MARGINAL_SPANS, Pipeline, answer_marginals
@@ -93,7 +94,8 @@ def test_pipeline_answers_carry_the_marginal_of_the_reader(pipeline) -> None:
         assert best_pair - 1e-6 <= answer.probability <= full + 1e-6
         merged_somewhere |= answer.probability > best_pair + 1e-6
         found = answer_marginals(scores, text, MARGINAL_SPANS)
-        assert found[0].key == key and found[0].probability == pytest.approx(answer.probability, abs=1e-6)
+        mine = min(found, key=lambda a: a.rank)  # the best span's string is the answer
+        assert mine.key == key and mine.probability == pytest.approx(answer.probability, abs=1e-6)
         assert sum(a.probability for a in found) <= 1 + 1e-6  # over distinct answers: at most 1
         # With M = every pair, the marginal is the brute-force sum exactly.
         everything = {a.key: a.probability for a in answer_marginals(scores, text, scores.numel())}
@@ -167,3 +169,47 @@ def test_summary_reports_the_reliability_of_prediction_rows() -> None:
     with pytest.raises(ValueError, match="probability"):
         summarize([rows[0], {k: v for k, v in rows[1].items() if k != "probability"}], regex=False)
     assert summarize([{k: v for k, v in r.items() if k != "probability"} for r in rows], regex=False).reliability is None
+
+
+def test_temperature_scales_the_marginal_by_hand() -> None:
+    # At T = 2 the joint scores are halved before the softmax: "paris" = (e^1 + e^0.25) / Z2.
+    z2 = math.e**1 + math.e**0.5 + math.e**0.25 + math.e**1 + math.e**0
+    found = {a.key: a for a in answer_marginals(LOGITS, lambda b, s: TEXTS[(b, s)], top=10, temperature=2.0)}
+    assert found["paris"].probability == pytest.approx((math.e**1 + math.e**0.25) / z2, rel=1e-6)
+    assert found["paris"].pairs == (0, 3)  # (0, 0) and (1, 0) = 1 x 3 + 0
+    assert {found["paris"].rank, found["rome"].rank} == {0, 1}  # the two best pairs tie at 2.0 / T
+    assert found["city"].rank == 2  # (0, 1) at 1.0 / T, ahead of (1, 0) at 0.5 / T
+
+
+def test_fit_temperature_minimises_the_log_loss_by_hand() -> None:
+    # Two answers: one right, one wrong, each with probability 1 / (1 + T) (a made-up family). The loss
+    # -log(1/(1+T)) - log(1 - 1/(1+T)) = log(1+T) + log(1+T) - log(T), minimal at T = 1 among the candidates.
+    at = [lambda t: 1 / (1 + t)] * 2
+    best, losses = fit_temperature(at, [True, False], temperatures=(0.5, 1.0, 2.0))
+    expected = {t: (2 * math.log(1 + t) - math.log(t)) / 2 for t in (0.5, 1.0, 2.0)}
+    assert dict(losses) == pytest.approx(expected)
+    assert best == 1.0
+    # All wrong: the flattest candidate wins (the lowest probabilities).
+    assert fit_temperature(at, [False, False], temperatures=(0.5, 1.0, 2.0))[0] == 2.0
+    with pytest.raises(ValueError, match="no answers"):
+        fit_temperature([], [])
+
+
+def test_the_answer_is_the_best_span_and_masses_give_its_probability(pipeline) -> None:
+    found = pipeline.answer_masses(QUESTIONS)
+    retrieved = pipeline.retrieve(QUESTIONS, 3)
+    reading = read(pipeline.reader, pipeline.retriever, retrieved.block_ids, retrieved.question_ids[:, None],
+                   retrieved.retrieval_logits, max_length=pipeline.reader.config.reader_seq_len)  # fmt: skip
+    for b, (answer, mass) in enumerate(found):
+        scores = reading.spans[b].logits.float()
+        text = _span_text(pipeline, b, reading, retrieved)
+        # The best pair whose text is an answer (articles and punctuation alone are none).
+        order = scores.reshape(-1).argsort(descending=True).tolist()
+        width = scores.shape[1]
+        first = next(i for i in order if normalize_answer(text(i // width, i % width)))
+        assert normalize_answer(answer.text) == normalize_answer(text(first // width, first % width))
+        assert mass.probability(1.0) == pytest.approx(answer.probability, abs=1e-6)
+        hot = Pipeline(pipeline.embedder, pipeline.reader, pipeline.store, pipeline.index, k=3, temperature=3.0)
+        (again,) = hot.ask(QUESTIONS[b])
+        assert again.text == answer.text  # temperature never changes the answer
+        assert again.probability == pytest.approx(mass.probability(3.0), abs=1e-6)

@@ -2,7 +2,8 @@
 
     {"format": "realm-pipeline", "version": 1,
      "model": "reader/run/last", "store": "blocks/store", "index": "index/index", "sparse": "sparse/bm25",
-     "k": 5, "fusion": "weighted", "depth": 100, "weight": 0.5, "threshold": 0.3, "max_question_length": 32}
+     "k": 5, "fusion": "weighted", "depth": 100, "weight": 0.5, "threshold": 0.3, "temperature": 1.0,
+     "max_question_length": 32}
 
 Paths inside the bundle's directory are written relative to it (the directory can be moved as a whole);
 others are absolute. `sparse` is null for dense retrieval only. `realm demo` writes one in its cache
@@ -38,6 +39,8 @@ class PipelineBundle:
         k: blocks read per question.
         fusion, depth, weight: how the hybrid fuses dense and BM25 (`realm.index.hybrid.HybridIndex`).
         threshold: answers with a lower probability are "not sure".
+        temperature: divides the reader's joint scores before answer probabilities are taken (fitted on a
+            dev set by `realm.eval.calibration.fit_temperature`; 1: the reader's own).
         max_question_length: question tokens kept, special tokens included.
     """
 
@@ -50,6 +53,7 @@ class PipelineBundle:
     depth: int = DEFAULT_DEPTH
     weight: float = DEFAULT_WEIGHT
     threshold: float = DEFAULT_THRESHOLD
+    temperature: float = 1.0
     max_question_length: int = 64
 
     def __post_init__(self) -> None:
@@ -60,6 +64,8 @@ class PipelineBundle:
             )
         if self.fusion not in FUSIONS:
             raise ValueError(f"pipeline bundle: fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"pipeline bundle: temperature must be > 0, got {self.temperature}")
         if self.weight < 0 or not 0 <= self.threshold <= 1:
             raise ValueError(
                 f"pipeline bundle: weight must be >= 0 and threshold in [0, 1], got {self.weight}, {self.threshold}"
@@ -69,7 +75,7 @@ class PipelineBundle:
         """The keyword arguments of `Pipeline.from_pretrained` this bundle stands for."""
         return dict(
             model=self.model, store=self.store, index=self.index, sparse=self.sparse, k=self.k, fusion=self.fusion,
-            depth=self.depth, weight=self.weight, threshold=self.threshold,
+            depth=self.depth, weight=self.weight, threshold=self.threshold, temperature=self.temperature,
             max_question_length=self.max_question_length,
         )  # fmt: skip
 

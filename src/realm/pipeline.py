@@ -8,9 +8,11 @@ wordpiece span into a character span of the block's original text.
 Retrieval is dense (the index), or hybrid when a sparse (BM25) index of the same store is given: the
 `HybridIndex` chooses the blocks, the embedder's inner products still weigh them (`realm.index.hybrid`).
 
-The answer is the string the reader's marginal favours (REALM / ORQA's joint distribution over the blocks
-read and their spans, the same string's spans summed; `answer_marginals`), with that probability, and
-`sure` when it reaches the pipeline's threshold. `from_pretrained` also loads a bundle directory
+The answer is the best span (ORQA / REALM's prediction: the highest joint score over the blocks read and
+their spans); its probability is the marginal of its string under that joint distribution (the same
+string's spans summed; `answer_marginals`), at the pipeline's `temperature` (1: the reader's own; the demo
+fits it on its dev set, `realm.eval.calibration.fit_temperature`), and `sure` when it reaches the
+pipeline's threshold. `from_pretrained` also loads a bundle directory
 (`pipeline.json`, `realm.bundle`).
 
 Shapes: B questions, K blocks read per question, T reader tokens, S span candidates, D embedding size.
@@ -18,6 +20,7 @@ Shapes: B questions, K blocks read per question, T reader tokens, S span candida
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -103,6 +106,8 @@ class MarginalAnswer:
         text: its most probable span's text; key: that text normalised (SQuAD/ORQA `normalize_answer`).
         probability: the summed joint probability of its spans among the M.
         block, span: the (block read, span candidate) indices of its most probable span.
+        rank: that span's place among the M (0: the best span of all).
+        pairs: the flat indices (block x S + span) of all its spans among the M.
     """
 
     text: str
@@ -110,15 +115,18 @@ class MarginalAnswer:
     probability: float
     block: int
     span: int
+    rank: int
+    pairs: tuple[int, ...]
 
 
 def answer_marginals(
-    reader_logits: torch.Tensor, span_text: Callable[[int, int], str], top: int = MARGINAL_SPANS
-) -> list[MarginalAnswer]:
+    reader_logits: torch.Tensor, span_text: Callable[[int, int], str], top: int = MARGINAL_SPANS,
+    temperature: float = 1.0,
+) -> list[MarginalAnswer]:  # fmt: skip
     """REALM's answer marginal over the blocks read, one entry per distinct answer string, most probable first:
 
         p(a | x) = sum over (z, s) with normalize(text(z, s)) = normalize(a) of p(z, s | x)
-        p(z, s | x) = softmax over all R x S pairs of (span logit + retrieval logit of z)
+        p(z, s | x) = softmax over all R x S pairs of (span logit + retrieval logit of z) / temperature
 
     (`realm.objectives.top_joint_spans`: the distribution the reader loss marginalises.) The softmax runs
     over all pairs, the sum over the M most probable ones only (M = `top`, 50 by default, which bounds the
@@ -132,23 +140,41 @@ def answer_marginals(
         reader_logits: [R, S] joint scores of one question.
         span_text: (block index, span index) -> the span's characters in its block.
         top: M.
+        temperature: divides the joint scores (1: the reader's distribution; > 1 flattens it). It changes the
+            probabilities, never their order.
 
     Spans whose text normalises to nothing (no characters, or only articles and punctuation: "the", ".")
     are no answer: they are left out, their mass with them.
     """
-    probabilities, blocks, spans = top_joint_spans(reader_logits, top)  # [M'] each
+    probabilities, blocks, spans = top_joint_spans(reader_logits / temperature, top)  # [M'] each
+    width = reader_logits.shape[1]
     found: dict[str, MarginalAnswer] = {}
-    for p, z, span in zip(probabilities.tolist(), blocks.tolist(), spans.tolist(), strict=True):
+    for rank, (p, z, span) in enumerate(zip(probabilities.tolist(), blocks.tolist(), spans.tolist(), strict=True)):
         text = span_text(z, span)
         key = normalize_answer(text)
         if not key:  # no text, or only articles and punctuation ("the", "."): not an answer a person can use
             continue
         best = found.get(key)
         if best is None:  # pairs come most probable first: the first is the answer's best span
-            found[key] = MarginalAnswer(text, key, p, z, span)
+            found[key] = MarginalAnswer(text, key, p, z, span, rank, (z * width + span,))
         else:
-            found[key] = MarginalAnswer(best.text, key, best.probability + p, best.block, best.span)
+            found[key] = dataclasses.replace(best, probability=best.probability + p, pairs=(*best.pairs, z * width + span))
     return sorted(found.values(), key=lambda a: -a.probability)  # stable: ties keep the best-span order
+
+
+@dataclass(frozen=True)
+class AnswerMass:
+    """What an answer's probability is made of: all R x S joint scores of its question, flattened, and the
+    flat indices of the answer's spans among the M most probable pairs (empty: no answer read)."""
+
+    scores: torch.Tensor  # [R*S]
+    pairs: torch.Tensor  # [P] int64
+
+    def probability(self, temperature: float = 1.0) -> float:
+        """The answer's probability at this temperature (as `answer_marginals` computes it)."""
+        if self.pairs.numel() == 0:
+            return 0.0
+        return float((self.scores.float() / temperature).softmax(dim=0)[self.pairs].sum())
 
 
 class Pipeline:
@@ -164,6 +190,8 @@ class Pipeline:
         max_question_length: question tokens kept, special tokens included.
         threshold: answers whose probability is below it are not `sure` (default 0.3, in [0, 1]).
         marginal_spans: M, the most probable (block, span) pairs summed into answer probabilities.
+        temperature: divides the joint scores before the answer probability is taken (1: the reader's own;
+            fitted on a dev set by `realm.eval.calibration.fit_temperature`).
     """
 
     def __init__(
@@ -177,6 +205,7 @@ class Pipeline:
         max_question_length: int = 64,
         threshold: float = DEFAULT_THRESHOLD,
         marginal_spans: int = MARGINAL_SPANS,
+        temperature: float = 1.0,
     ) -> None:
         check_index_size(len(index), len(store), rebuild=f"realm index build --store {store.path} --embedder <embedder> --out <index>")
         check_sparse_store(index, store)  # a hybrid's BM25 half must come from this store too
@@ -184,6 +213,8 @@ class Pipeline:
             raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
         if marginal_spans < 1:
             raise ValueError(f"marginal_spans must be >= 1, got {marginal_spans}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.embedder = embedder.eval()
         self.reader = reader.eval()
         self.store = store
@@ -194,6 +225,7 @@ class Pipeline:
         self.max_question_length = max_question_length
         self.threshold = float(threshold)
         self.marginal_spans = marginal_spans
+        self.temperature = float(temperature)
 
     @classmethod
     def from_pretrained(
@@ -223,7 +255,7 @@ class Pipeline:
             fusion, depth, weight: the hybrid's fusion ("weighted" or "rrf"), hits per list, BM25 weight
                 (None: the bundle's, else `HybridIndex`'s defaults: weighted, 100, 0.5).
             device: where the models run.
-            kwargs: `k`, `max_question_length`, `tokenizer`, `threshold`, `marginal_spans`.
+            kwargs: `k`, `max_question_length`, `tokenizer`, `threshold`, `marginal_spans`, `temperature`.
         """
         if store is None and index is None:
             if not is_bundle(model):
@@ -286,6 +318,15 @@ class Pipeline:
     @torch.inference_mode()
     def read(self, questions: list[str], retrieved: Retrieval, k: int | None = None) -> list[Answer]:
         """Read the first k (default `self.k`) retrieved blocks of every question in one reader call."""
+        return [answer for answer, _ in self._read(questions, retrieved, k)]
+
+    @torch.inference_mode()
+    def answer_masses(self, questions: list[str], k: int | None = None) -> list[tuple[Answer, AnswerMass]]:
+        """Each question's answer with what its probability is made of, to fit `temperature` on a dev set
+        (`realm.eval.calibration.fit_temperature`) without reading again for every candidate temperature."""
+        return self._read(questions, self.retrieve(questions, k or self.k), k)
+
+    def _read(self, questions: list[str], retrieved: Retrieval, k: int | None) -> list[tuple[Answer, AnswerMass]]:
         k = min(k or self.k, retrieved.block_ids.shape[1])
         logits, block_ids = retrieved.retrieval_logits[:, :k], retrieved.block_ids[:, :k]  # [B, K]
         reading = read(
@@ -293,7 +334,7 @@ class Pipeline:
             max_length=self.reader.config.reader_seq_len,
         )  # fmt: skip
         token_type_ids, attention_mask = reading.inputs["token_type_ids"], reading.inputs["attention_mask"]  # [B, K, T]
-        answers = []
+        answers: list[tuple[Answer, AnswerMass]] = []
         for b, question in enumerate(questions):
             spans = reading.spans[b]
             scores = spans.logits.float()  # [K, S]
@@ -305,19 +346,21 @@ class Pipeline:
             evidence = self._evidence(
                 ids, chars, logits[b].float(), best_per_block, spans.starts[best_span], spans.ends[best_span]
             )
-            found = answer_marginals(scores, chars.of_candidates(spans.starts, spans.ends), self.marginal_spans)
-            if found:  # the most probable answer string, shown as its best span reads
-                best = found[0]
+            found = answer_marginals(
+                scores, chars.of_candidates(spans.starts, spans.ends), self.marginal_spans, self.temperature
+            )
+            if found:  # the best span that reads as an answer, with its string's marginal
+                best = min(found, key=lambda a: a.rank)
                 z, probability, score = best.block, best.probability, float(scores[best.block, best.span])
                 start, end = chars.offsets(z, int(spans.starts[best.span]), int(spans.ends[best.span]))
+                pairs = best.pairs
             else:  # no span among the M reads as an answer (e.g. only "."): the best span, with probability 0
                 z = int(best_per_block.argmax())
-                probability, score = 0.0, evidence[z].span_score
+                probability, score, pairs = 0.0, evidence[z].span_score, ()
                 start, end = evidence[z].span_start, evidence[z].span_end
-            answers.append(
-                Answer(question, chars.texts[z][start:end], score, ids[z], evidence, probability,
-                       probability >= self.threshold, start, end)  # fmt: skip
-            )
+            answer = Answer(question, chars.texts[z][start:end], score, ids[z], evidence, probability,
+                            probability >= self.threshold, start, end)  # fmt: skip
+            answers.append((answer, AnswerMass(scores.reshape(-1).cpu(), torch.tensor(pairs, dtype=torch.long))))
         return answers
 
     def _evidence(

@@ -39,4 +39,34 @@ def write_demo_bundle(
     retrieval = pipeline.retrieval()
     hybrid = {k: retrieval[k] for k in ("fusion", "depth", "weight") if k in retrieval}
     write_bundle(cache, PipelineBundle(model, store, index, sparse, k=pipeline.k, threshold=pipeline.threshold,
+                                       temperature=pipeline.temperature,
                                        max_question_length=pipeline.max_question_length, **hybrid))  # fmt: skip
+
+
+def calibrate(pipeline: Any, dev: list[dict], test: list[dict], batch_size: int = 16) -> dict[str, Any]:
+    """Fit the pipeline's answer temperature on the dev questions whose answer is in their gold block (sets
+    `pipeline.temperature`), then report the reliability of answer probabilities on the test questions of
+    that kind (never used for fitting) at T = 1 and at the fitted T."""
+    from realm.eval.calibration import fit_temperature, reliability_table
+    from realm.eval.metrics import exact_match
+
+    def masses(rows: list[dict]) -> list[tuple[Any, bool]]:
+        out = []
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i : i + batch_size]
+            found = pipeline.answer_masses([r["question"] for r in chunk])
+            out += [(mass, exact_match(answer.text, r["answer"])) for (answer, mass), r in zip(found, chunk, strict=True)]
+        return out
+
+    dev_cases = masses([r for r in dev if r.get("answer_in_block")])
+    if not dev_cases:
+        return {"temperature": pipeline.temperature}
+    temperature, losses = fit_temperature([m.probability for m, _ in dev_cases], [c for _, c in dev_cases])
+    pipeline.temperature = temperature
+    report: dict[str, Any] = {"temperature": temperature, "dev_count": len(dev_cases), "log_loss": losses}
+    test_cases = masses([r for r in test if r.get("answer_in_block")])
+    if test_cases:
+        right = [c for _, c in test_cases]
+        for name, t in (("test_reliability_t1", 1.0), ("test_reliability", temperature)):
+            report[name] = reliability_table([m.probability(t) for m, _ in test_cases], right, bins=5).to_dict()
+    return report

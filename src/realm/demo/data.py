@@ -17,6 +17,7 @@ import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from realm.atomic import atomic_write_bytes
 
@@ -240,6 +241,13 @@ def ict_queries(articles: list[Article], block_texts: dict[str, str], limit: int
 
 
 DEV_QUESTIONS = "dev.jsonl"
+
+
+def packaged_questions(name: str) -> Any:
+    """A question file shipped in `realm/demo/questions/` (dev.jsonl, test.jsonl)."""
+    from importlib.resources import files
+
+    return files("realm.demo").joinpath("questions", name)
 
 
 def dev_questions(titles: set[str] | None = None, path: Path | None = None) -> list[dict]:

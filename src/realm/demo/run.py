@@ -39,7 +39,7 @@ import torch
 
 from realm.atomic import atomic_write_text
 from realm.demo import data
-from realm.demo.bundle import sparse_stage, write_demo_bundle
+from realm.demo.bundle import calibrate, sparse_stage, write_demo_bundle
 from realm.demo.estimates import StageEstimate
 from realm.demo.stages import StageReport, Stages, file_key, fingerprint
 
@@ -292,10 +292,14 @@ def run_demo(
             rows, result = evaluate(pipeline, answerable, recall_ks=(1, 5, 20), batch_size=16, progress=progress)
             write_predictions_jsonl(directory / "dev_predictions.jsonl", rows)
             summary["dev_answerable"] = {"count": len(answerable), "exact_match": result.to_dict()["exact_match"]}
+        # Answer probabilities: temperature fitted on the dev set, reliability reported on the test set.
+        test = data.dev_questions(set(block_of), data.packaged_questions("test.jsonl"))
+        summary["calibration"] = calibrate(pipeline, dev, test)
         return summary
 
     key = {"reader": reader_fp, "n": config.eval_questions, "dev": dev_key, "sparse": sparse_fp}
     _, metrics, _ = stages.run("evaluate", key, evaluation)
+    pipeline.temperature = metrics.get("calibration", {}).get("temperature", pipeline.temperature)
     started = time.perf_counter()
     answers = pipeline.ask(list(config.examples)) if config.examples else []
     stages._report("answer", started, False, {"questions": len(answers)}, cache, "")

@@ -14,7 +14,8 @@ ECE (Naeini et al. 2015; Guo et al. 2017) is the count-weighted mean of the gaps
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,3 +111,41 @@ def reliability_table(
             ece += counts[b] / len(pairs) * abs(em - mean)  # type: ignore[operator]
         table.append(ReliabilityBin(b / bins, (b + 1) / bins, counts[b], mean, em))
     return Reliability(tuple(table), len(pairs), ece)
+
+
+DEFAULT_TEMPERATURES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+
+
+def fit_temperature(
+    probability_at: Iterable[Callable[[float], float]], correct: Iterable[bool],
+    temperatures: Iterable[float] = DEFAULT_TEMPERATURES,
+) -> tuple[float, list[tuple[float, float]]]:  # fmt: skip
+    """Temperature scaling (Guo et al. 2017) of answer probabilities, chosen on a dev set: the temperature
+    whose probabilities have the lowest mean log loss against whether each answer was right,
+
+        T* = argmin over T of  -1/N sum_i [ c_i log p_i(T) + (1 - c_i) log (1 - p_i(T)) ]
+
+    (probabilities clipped to [1e-6, 1 - 1e-6]). Scaling never changes which answer is given, only how sure
+    it is said to be.
+
+    Args:
+        probability_at: per question, T -> its answer's probability (`realm.pipeline.AnswerMass.probability`).
+        correct: whether each answer was right (same order).
+        temperatures: the candidates, tried in order (ties keep the first).
+    Returns:
+        T*, and (T, mean log loss) for every candidate.
+    """
+    cases = list(zip(probability_at, correct, strict=True))
+    if not cases:
+        raise ValueError("no answers to fit a temperature on")
+    losses = []
+    for temperature in temperatures:
+        if not temperature > 0:
+            raise ValueError(f"temperatures must be > 0, got {temperature}")
+        total = 0.0
+        for at, right in cases:
+            p = min(max(at(temperature), 1e-6), 1 - 1e-6)
+            total -= math.log(p) if right else math.log(1 - p)
+        losses.append((float(temperature), total / len(cases)))
+    best = min(losses, key=lambda pair: pair[1])  # min keeps the first of equal losses
+    return best[0], losses

@@ -102,6 +102,6 @@ def open_corpus(
     pipeline = Pipeline(
         base.embedder, base.reader, store, index,
         tokenizer=base.tokenizer, k=base.k, max_question_length=base.max_question_length,
-        threshold=base.threshold, marginal_spans=base.marginal_spans,
+        threshold=base.threshold, marginal_spans=base.marginal_spans, temperature=base.temperature,
     )  # fmt: skip
     return Corpus(pipeline, store_dir, index_dir)
