@@ -50,6 +50,11 @@ from .segments import (
 LOCK_NAME = ".lock"
 
 Fingerprint = str | Callable[[], str | None] | None
+
+
+class EmptyInputError(ValueError):
+    """No block to write: nothing is published (an empty store would only fail later, at question time)."""
+
 Info = dict[str, Any] | Callable[[], dict[str, Any]] | None
 
 
@@ -174,6 +179,8 @@ def create_store(
 ) -> dict[str, Any]:
     """Write a new store at ``path``; returns its manifest (arguments: see `BlockStore.create`)."""
     existing = path.exists()
+    if existing and not path.is_dir():
+        raise FileExistsError(f"{path} is a file; the store's path must be a directory (a new one, or a store to replace)")
     if existing and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) or append to it")
     if existing and not ((path / MANIFEST_NAME).is_file() or (path.is_dir() and not any(path.iterdir()))):
@@ -198,6 +205,8 @@ def create_store(
             "parts": [],
         }
         _write_part(tmp, manifest, blocks, source_fingerprint, build_info, segment_rows)
+        if manifest["num_blocks"] == 0:
+            raise EmptyInputError(f"no blocks to write into {path}; nothing was created")
         tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
         if existing:
@@ -229,6 +238,8 @@ def append_blocks(
     with _writer_lock(path):
         try:
             _write_part(path, manifest, blocks, source_fingerprint, build_info, segment_rows)
+            if manifest["num_blocks"] == opened["num_blocks"]:
+                raise EmptyInputError(f"no blocks to append to {path}; the store is unchanged")
             if read_manifest(path)["segments"] != opened["segments"]:
                 raise ValueError(
                     f"{path} changed on disk since it was opened (another append?); reopen it and retry"
