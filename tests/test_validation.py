@@ -125,8 +125,8 @@ def test_no_layers_and_impossible_shapes_are_refused() -> None:
         tiny_config(num_hidden_layers=0)
     with pytest.raises(ValueError, match="multiple of num_attention_heads"):
         tiny_config(hidden_size=30, num_attention_heads=4)
-    with pytest.raises(ValueError, match="reader_seq_len"):
-        tiny_config(reader_seq_len=100, max_position_embeddings=64)
+    with pytest.raises(ValueError, match="hidden_dropout_prob is 1.5"):
+        tiny_config(hidden_dropout_prob=1.5)
     config = tiny_config()
     with pytest.raises(ValueError, match="hidden_size is"):
         config.set("hidden_size", "32")

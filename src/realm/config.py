@@ -118,11 +118,6 @@ class RealmConfig:
         for name in ("layer_norm_eps", "reader_layer_norm_eps"):
             if getattr(self, name) <= 0:
                 raise SchemaError(f"config: {name} is {getattr(self, name)}; expected a number > 0")
-        if self.reader_seq_len > self.max_position_embeddings:
-            raise SchemaError(
-                f"config: reader_seq_len ({self.reader_seq_len}) is over max_position_embeddings "
-                f"({self.max_position_embeddings}); the reader could not embed its positions"
-            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "

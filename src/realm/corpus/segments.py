@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.ipc  # noqa: F401  (registers pa.ipc)
 
+from realm.atomic import fault_point
 from realm.schema import check_store_manifest, read_json_object
 
 FORMAT_NAME = "realm-block-store"
@@ -158,6 +159,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        fault_point(f"{path.name} written")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
