@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="HTTP JSON API (/ask, /search, /health) and a web page at /")
     add_pipeline_args(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (the API has no authentication)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (beyond loopback, use --api-key-file)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-k", type=int, default=20, help="the largest k a request may ask for")
     serve.add_argument("--max-batch-size", type=int, default=16, help="questions per model call (1: no batching)")
@@ -159,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-reload", action="store_true", help="enable POST /reload (opens server paths)")
     serve.add_argument("--credit", default="", help='attribution shown on the page, e.g. "Text: Wikipedia (CC BY-SA 4.0)"')
     serve.add_argument("--access-log", action="store_true")
+    serve.add_argument("--api-key-file", help="file whose first line is the API key; every route but /health then needs it")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a Host name to answer for besides loopback and --host (repeatable; '*': any)")  # fmt: skip
+    serve.add_argument("--max-cost", type=int, default=160_000, help="per-request budget: questions x characters x k")
+    serve.add_argument("--max-connections", type=int, default=64, help="open connections at once (more: 503)")
+    serve.add_argument("--idle-timeout", type=float, default=5.0, help="seconds an idle connection stays open")
+    serve.add_argument("--body-timeout", type=float, default=10.0, help="seconds to receive a request body")
     serve.set_defaults(run=_serve)
 
     ev = commands.add_parser("evaluate", help="EM / regex EM and retrieval recall@k on a QA JSONL file")
