@@ -11,6 +11,12 @@ per model call (from /health), and the batched / unbatched ratios.
     python benchmarks/bench_serve.py                                   # 1000 requests per mode, 16 clients
     python benchmarks/bench_serve.py --requests 100 --clients 4        # quick
     python benchmarks/bench_serve.py --model M --store S --index I     # any checkpoint and corpus
+    python benchmarks/bench_serve.py --mixed --heavy-clients 4         # light p99 with / without heavy clients
+
+`--mixed` measures fair scheduling instead: one batched server; `--clients` light clients (one short
+question each) run alone, then again while `--heavy-clients` clients send heavy requests back to back (32
+questions of ~1000 characters at k = --heavy-k, the most a request may cost). Reports the light clients'
+p50/p99 in both phases, their ratio (the target: p99 within 3x) and the 5xx count (must be 0).
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ def start_server(
     command = [
         sys.executable, "-m", "realm.cli", "serve", "--model", str(model), "--store", str(store),
         "--index", str(index), "--k", str(args.k), "--port", str(port), "--max-batch-size", str(batch_size),
-        "--max-wait-ms", str(args.max_wait_ms),
+        "--max-wait-ms", str(args.max_wait_ms), "--max-cost", str(10**9), "--max-k", str(max(args.k, args.heavy_k)),
     ]  # fmt: skip
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
@@ -109,6 +115,69 @@ async def load(url: str, requests: int, clients: int) -> tuple[list[float], dict
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     return latencies, statuses, time.perf_counter() - started
+
+
+async def heavy_load(url: str, clients: int, k: int, stop: asyncio.Event) -> dict[int, int]:
+    """Heavy requests back to back until `stop`: counts by status."""
+    statuses: dict[int, int] = {}
+    question = ("which river runs through the old capital city of the country " * 16)[:1000]
+
+    async def client(c: int) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+            i = 0
+            while not stop.is_set():
+                body = {"questions": [f"{i} {j} {question}"[:1000] for j in range(32)], "k": k}
+                try:
+                    status = (await http.post("/ask", json=body)).status_code
+                except httpx.TransportError:
+                    status = 0
+                statuses[status] = statuses.get(status, 0) + 1
+                i += 1
+
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    return statuses
+
+
+def percentile(latencies: list[float], q: float) -> float:
+    latencies = sorted(latencies)
+    return 1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
+
+
+def run_mixed(args: argparse.Namespace, paths: tuple[Path, Path, Path]) -> list[dict]:
+    process, url = start_server(args, paths, args.max_batch_size)
+    rows = []
+    try:
+        asyncio.run(load(url, args.clients * 2, args.clients))  # warm-up (not counted)
+        latencies, statuses, seconds = asyncio.run(load(url, args.requests, args.clients))
+        rows.append(_mixed_row("light alone", latencies, statuses, {}, seconds))
+
+        async def both() -> tuple[list[float], dict[int, int], float, dict[int, int]]:
+            stop = asyncio.Event()
+            heavy = asyncio.create_task(heavy_load(url, args.heavy_clients, args.heavy_k, stop))
+            await asyncio.sleep(1.0)  # the heavy clients are at work before the light ones start
+            light = await load(url, args.requests, args.clients)
+            stop.set()
+            return (*light, await heavy)
+
+        latencies, statuses, seconds, heavy = asyncio.run(both())
+        rows.append(_mixed_row(f"light + {args.heavy_clients} heavy", latencies, statuses, heavy, seconds))
+    finally:
+        process.terminate()
+        process.wait(30)
+    return rows
+
+
+def _mixed_row(name: str, latencies: list[float], statuses: dict[int, int], heavy: dict[int, int], seconds: float) -> dict:
+    return {
+        "phase": name,
+        "light ok": statuses.get(200, 0),
+        "light 5xx": sum(n for s, n in statuses.items() if s >= 500 or s == 0),
+        "heavy ok": heavy.get(200, 0),
+        "heavy 5xx": sum(n for s, n in heavy.items() if s >= 500 or s == 0),
+        "light p50 ms": percentile(latencies, 0.5),
+        "light p99 ms": percentile(latencies, 0.99),
+        "seconds": seconds,
+    }
 
 
 def run_mode(args: argparse.Namespace, paths: tuple[Path, Path, Path], name: str, batch_size: int) -> dict:
@@ -161,7 +230,12 @@ def main() -> int:
     parser.add_argument("--store", help="block store (with --model)")
     parser.add_argument("--index", help="index (with --model)")
     parser.add_argument("--output", help="also write the report to this file")
+    parser.add_argument("--mixed", action="store_true", help="light clients alone, then beside heavy clients")
+    parser.add_argument("--heavy-clients", type=int, default=4, help="with --mixed")
+    parser.add_argument("--heavy-k", type=int, default=20, help="k of the heavy requests (with --mixed)")
     args = parser.parse_args()
+    if args.mixed:
+        return main_mixed(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
@@ -199,6 +273,37 @@ def main() -> int:
     failed = sum(r["5xx"] + r["other"] for r in rows)
     if failed:
         print(f"FAIL: {failed} requests did not get a 200", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main_mixed(args: argparse.Namespace) -> int:
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = (Path(args.model), Path(args.store), Path(args.index)) if args.model else tiny_corpus(Path(tmp))
+        rows = run_mixed(args, paths)
+    alone, mixed = rows
+    ratio = mixed["light p99 ms"] / alone["light p99 ms"]
+    report = "\n".join([
+        "# realm serve benchmark: light clients beside heavy ones (fair scheduling)",
+        "",
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}; "
+        f"load average {os.getloadavg()[0]:.2f} at the end",
+        f"model {paths[0].name if args.model else 'tiny test fixture (2 layers, hidden 32, 8 blocks)'}; light: "
+        f"{args.clients} clients x {args.requests} requests (1 question, k={args.k}); heavy: {args.heavy_clients} "
+        f"clients, 32 questions x 1000 characters at k={args.heavy_k} each; max_batch_size={args.max_batch_size}",
+        f"command: python benchmarks/bench_serve.py {' '.join(sys.argv[1:])}".rstrip(),
+        "",
+        table(rows),
+        "",
+        f"light p99 with heavy clients / alone: x{ratio:.2f} (target: within x3)",
+    ])  # fmt: skip
+    print(report)
+    if args.output:
+        Path(args.output).write_text(report + "\n")
+    failed = sum(r["light 5xx"] + r["heavy 5xx"] for r in rows)
+    if failed:
+        print(f"FAIL: {failed} requests got a 5xx or no answer", file=sys.stderr)
     return 1 if failed else 0
 
 

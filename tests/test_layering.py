@@ -18,14 +18,14 @@ MAX_LINES = 450
 # First name under `realm.` -> floor. Lower numbers are closer to the ground.
 FLOORS = {
     # 0: files, configs, process topology and the paper's math: import nothing of the package above them
-    "atomic": 0, "files": 0, "inputs": 0, "config": 0, "distributed": 0, "objectives": 0,
+    "atomic": 0, "files": 0, "inputs": 0, "config": 0, "schema": 0, "distributed": 0, "objectives": 0,
     # 1-2: text -> ids -> blocks
     "tokenization": 1,
     "corpus": 2,
     # 3: the models, the indexes, and the one retrieve and read they are used through
     "modeling": 3, "index": 3, "retrieval": 3, "qa": 3,
     # 4: question answering over a corpus, evaluation, what both training loops share
-    "pipeline": 4, "bundle": 4, "eval": 4, "train": 4,
+    "pipeline": 4, "bundle": 4, "verify": 4, "eval": 4, "train": 4,
     # 5: the two training loops
     "finetune": 5, "pretrain": 5,
     # 6: entry points

@@ -183,7 +183,7 @@ def test_docs_page_and_its_assets_are_served_here(server, pipeline) -> None:
     # Behind a proxy that strips a path prefix, the page asks for the prefixed URLs.
     from starlette.testclient import TestClient
 
-    page = TestClient(create_app(pipeline), root_path="/realm").get("/docs").text
+    page = TestClient(create_app(pipeline), root_path="/realm", base_url="http://127.0.0.1").get("/docs").text
     assert re.findall(r'(?:src|href)="([^"]+)"', page) == [
         "/realm/docs-assets/swagger-ui.css", "/realm/docs-assets/favicon.png", "/realm/docs-assets/swagger-ui-bundle.js",
     ]  # fmt: skip

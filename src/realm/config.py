@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from realm.files import resolve_file
+from realm.schema import Field, SchemaError, check_value
 
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "realm"
@@ -22,6 +23,26 @@ SUPPORTED_ACTIVATIONS = ("gelu_new", "gelu", "gelu_pytorch_tanh", "relu", "silu"
 
 # Keys every transformers config.json may carry that say nothing about the model itself.
 _BOOKKEEPING_KEYS = ("model_type",)
+
+# What each known key must hold. A wrong type or an impossible value is refused when the config is built
+# (e.g. "hidden_size": "384", "num_hidden_layers": 6.5 or -1), naming the key, the value and the type.
+_POSITIVE = ("vocab_size", "hidden_size", "retriever_proj_size", "num_hidden_layers", "num_attention_heads",
+             "num_candidates", "intermediate_size", "max_position_embeddings", "type_vocab_size",
+             "span_hidden_size", "max_span_width", "reader_beam_size", "reader_seq_len", "searcher_beam_size")  # fmt: skip
+_FIELDS: dict[str, Field] = {
+    **{name: Field("int", minimum=1) for name in _POSITIVE},
+    "num_block_records": Field("int", minimum=0),
+    "hidden_act": Field("str", choices=SUPPORTED_ACTIVATIONS),
+    "hidden_dropout_prob": Field("float", minimum=0),
+    "attention_probs_dropout_prob": Field("float", minimum=0),
+    "initializer_range": Field("float", minimum=0),
+    "layer_norm_eps": Field("float", minimum=0),
+    "reader_layer_norm_eps": Field("float", minimum=0),
+    **{name: Field("int", minimum=0, nullable=True) for name in ("pad_token_id", "bos_token_id", "eos_token_id")},
+    "tie_word_embeddings": Field("bool"),
+    "position_embedding_type": Field("str"),
+    "architectures": Field("list", nullable=True, items=Field("str")),
+}
 
 
 @dataclass(init=False)
@@ -89,6 +110,14 @@ class RealmConfig:
         raise AttributeError(f"'RealmConfig' object has no attribute {name!r}")
 
     def _validate(self) -> None:
+        for name, spec in _FIELDS.items():
+            check_value("config", name, getattr(self, name), spec)
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if getattr(self, name) >= 1:
+                raise SchemaError(f"config: {name} is {getattr(self, name)}; expected a probability in [0, 1)")
+        for name in ("layer_norm_eps", "reader_layer_norm_eps"):
+            if getattr(self, name) <= 0:
+                raise SchemaError(f"config: {name} is {getattr(self, name)}; expected a number > 0")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
@@ -136,14 +165,15 @@ class RealmConfig:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"no config file at {path}") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        except (ValueError, RecursionError) as err:  # not JSON, or not UTF-8
+            raise ValueError(f"{path}: not valid JSON ({err}); restore the checkpoint's config.json") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
         try:
             return cls.from_dict(data)
         except (ValueError, NotImplementedError, TypeError) as err:
-            raise type(err)(f"{path}: {err}") from None
+            message = str(err).removeprefix("config: ")
+            raise type(err)(f"{path}: {message}; fix config.json (the checkpoint's config)") from None
 
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> Path:
         """Write `config.json` into `save_directory` (atomically) and return its path."""
@@ -167,7 +197,13 @@ class RealmConfig:
     def set(self, key: str, value: Any) -> None:
         """Set a field, or an extra key when the name is not a field."""
         if key in {f.name for f in dataclasses.fields(self)} and key != "extra":
+            old = getattr(self, key)
             object.__setattr__(self, key, value)
+            try:
+                self._validate()
+            except (ValueError, NotImplementedError):
+                object.__setattr__(self, key, old)
+                raise
         else:
             self.extra[key] = value
 

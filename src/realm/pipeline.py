@@ -49,6 +49,7 @@ from realm.objectives import top_joint_spans
 from realm.qa import Retrieval, read, retrieve
 from realm.retrieval import RealmRetriever
 from realm.tokenization import RealmTokenizerFast
+from realm.verify import check_corpus
 
 
 @dataclass
@@ -275,6 +276,8 @@ class Pipeline:
         embedder.load_checkpoint(weights, prefix="embedder.")
         reader.load_checkpoint(weights, prefix="reader.")
         store = store if isinstance(store, BlockStore) else BlockStore.open(store)
+        if not isinstance(index, Index):  # the same checks as /reload: store, embedder, size, vocabulary
+            check_corpus(store, index, embedder, model)
         index = index if isinstance(index, Index) else open_index(index)
         index = with_sparse(
             index, sparse or None, store, fusion=fusion or "weighted", depth=DEFAULT_DEPTH if depth is None else depth,

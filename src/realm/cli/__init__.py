@@ -3,6 +3,7 @@ verbs' bodies in `realm.cli.corpus`, `realm.cli.answer`, `realm.cli.training` an
 
 Verbs: `demo`; `doctor` (the environment report for a bug report); `blocks build|import` (corpus -> block store); `index build|add` (block store -> embeddings),
 `index build-sparse` (block store -> BM25);
+`verify` (is a store, index, sparse index or checkpoint intact?);
 `ask` and `evaluate` (questions -> answers with evidence); `serve` (HTTP API and web page);
 `finetune` (ORQA/REALM Open-QA fine-tuning); `init --from-bert` (REALM checkpoints from a BERT checkpoint);
 `pretrain` (REALM pre-training or the ICT warm start) and `pretrain-refresh` (its asynchronous index refresher).
@@ -16,11 +17,29 @@ import sys
 from collections.abc import Sequence
 
 from realm.cli.answer import DEMO_CREDIT, _ask, _demo, _evaluate, _serve
-from realm.cli.corpus import _blocks_build, _blocks_import, _index_add, _index_build, _index_build_sparse
+from realm.cli.corpus import (
+    _blocks_build,
+    _blocks_import,
+    _index_add,
+    _index_build,
+    _index_build_sparse,
+    _verify,
+)
 from realm.cli.doctor import _doctor, _VersionAction
 from realm.cli.training import _finetune, _init, _pretrain, _pretrain_refresh
 
 __all__ = ["DEMO_CREDIT", "build_parser", "main"]
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0 (a worker count)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (0: this process), got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--max-block-tokens", type=int, default=288, help="[CLS] title [SEP] text [SEP] budget")
     build.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="malformed input lines")
     build.add_argument("--keep-all-pages", action="store_true", help="do not filter list/disambiguation pages")
-    build.add_argument("--workers", type=int, default=0, help="worker processes (0: this process)")
+    build.add_argument("--workers", type=_count, default=0, help="worker processes (0: this process)")
     mode = build.add_mutually_exclusive_group()
     mode.add_argument("--append", action="store_true", help="add the documents to an existing store")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing store")
@@ -104,10 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     iadd.add_argument("--store", required=True, help="the block store the index was built from")
     iadd.add_argument("--index", required=True, help="the index directory")
     iadd.add_argument("--embedder", required=True, help="the RealmEmbedder the index was built with")
-    iadd.add_argument("--workers", type=int, default=0, help="block-building worker processes")
+    iadd.add_argument("--workers", type=_count, default=0, help="block-building worker processes")
     iadd.add_argument("--device", default="cpu")
     iadd.add_argument("--no-progress", action="store_true")
     iadd.set_defaults(run=_index_add)
+
+    verify = commands.add_parser(
+        "verify", help="check a block store, index, sparse index or checkpoint: every field and checksum"
+    )
+    verify.add_argument("paths", nargs="+", metavar="DIR", help="directories to check (exit code 1 if any is damaged)")
+    verify.set_defaults(run=_verify)
 
     def add_pipeline_args(sub: argparse.ArgumentParser) -> None:
         where = "default: the last `realm demo`'s bundle, $REALM_CACHE/demo/pipeline.json"
@@ -133,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="HTTP JSON API (/ask, /search, /health) and a web page at /")
     add_pipeline_args(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (the API has no authentication)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (beyond loopback, use --api-key-file)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-k", type=int, default=20, help="the largest k a request may ask for")
     serve.add_argument("--max-batch-size", type=int, default=16, help="questions per model call (1: no batching)")
@@ -143,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-reload", action="store_true", help="enable POST /reload (opens server paths)")
     serve.add_argument("--credit", default="", help='attribution shown on the page, e.g. "Text: Wikipedia (CC BY-SA 4.0)"')
     serve.add_argument("--access-log", action="store_true")
+    serve.add_argument("--api-key-file", help="file whose first line is the API key; every route but /health then needs it")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a Host name to answer for besides loopback and --host (repeatable; '*': any)")  # fmt: skip
+    serve.add_argument("--max-cost", type=int, default=160_000, help="per-request budget: questions x characters x k")
+    serve.add_argument("--max-connections", type=int, default=64, help="open connections at once (more: 503)")
+    serve.add_argument("--idle-timeout", type=float, default=5.0, help="seconds an idle connection stays open")
+    serve.add_argument("--body-timeout", type=float, default=10.0, help="seconds to receive a request body")
     serve.set_defaults(run=_serve)
 
     ev = commands.add_parser("evaluate", help="EM / regex EM and retrieval recall@k on a QA JSONL file")
@@ -207,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.run(args)
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, ImportError) as err:
         # Input and setup errors carry their fix in the message; a traceback would only hide it.
         if args.verbose:
             raise

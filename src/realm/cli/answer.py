@@ -159,12 +159,15 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, k=args.k, max_k=args.max_k, max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms, max_questions=args.max_questions, max_question_chars=args.max_question_chars,
         allow_reload=args.allow_reload, store=store, index=index, model_name=model, credit=args.credit,
-        access_log=args.access_log,
+        access_log=args.access_log, api_key_file=args.api_key_file, allowed_hosts=tuple(args.allowed_host),
+        max_cost=args.max_cost, max_connections=args.max_connections, idle_timeout_s=args.idle_timeout,
+        body_timeout_s=args.body_timeout,
     )  # fmt: skip
     try:
         from realm.serve import app  # noqa: F401  (fail before loading the model)
     except ImportError as err:
         raise RuntimeError(f"{err}; install the serve extra: pip install 'realm-lm[serve]'") from None
+    config.read_api_key()  # a bad key file fails before the model loads; run_server warns about exposure
     pipeline = _pipeline(args)
     print(f"realm serve: {len(pipeline.store):,} blocks; http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
     run_server(pipeline, config)

@@ -153,6 +153,9 @@ def skip_reason(title: str, text: str, config: BuildConfig) -> str | None:
     return None
 
 
+_SLICE_CHARS = 1 << 18  # characters tokenized per call when streaming a long document
+
+
 @dataclass(slots=True)
 class _Unit:
     """A piece of text to pack: a sentence, or a word/part of a word of an oversized sentence."""
@@ -206,11 +209,39 @@ class BlockBuilder:
                     kept.append((doc_id, *prepared))
                 doc_id += 1
             texts = [t for _, title, sentences in kept for t in (title, *sentences)]
-            ids = iter(self.encode(texts))
+            ids = self._encode_stream(texts)
             for doc, title, sentences in kept:
                 title_ids = next(ids)
-                sentence_ids = [next(ids) for _ in sentences]
-                yield from self._blocks_of(doc, title, title_ids, sentences, sentence_ids)
+                # Lazily: a 10 MB document is tokenized and packed a slice at a time (bounded memory).
+                yield from self._blocks_of(doc, title, title_ids, sentences, islice(ids, len(sentences)))
+
+    def _encode_stream(self, texts: list[str], max_chars: int = _SLICE_CHARS) -> Iterator[list[int] | None]:
+        """The ids of each text, in order, tokenizing slices of at most `max_chars` characters at a time
+        (a fast tokenizer's encodings of a whole huge document take gigabytes). A single text longer than
+        that gets None: the caller tokenizes it word by word (`_ids_within`)."""
+        start = 0
+        while start < len(texts):
+            if len(texts[start]) > max_chars:
+                yield None
+                start += 1
+                continue
+            stop, chars = start, 0
+            while stop < len(texts) and len(texts[stop]) <= max_chars and chars + len(texts[stop]) <= max_chars:
+                chars += len(texts[stop])
+                stop += 1
+            yield from self.encode(texts[start:stop])
+            start = stop
+
+    def _ids_within(self, sentence: str, budget: int) -> list[int] | None:
+        """The ids of a very long sentence if they number at most `budget`, else None; word by word, in
+        slices (no wordpiece spans a space, so the words' ids are the sentence's)."""
+        ids: list[int] = []
+        words = sentence.split(" ")
+        for word, word_ids in zip(words, self._encode_stream(words), strict=True):
+            ids.extend(self.encode([word])[0] if word_ids is None else word_ids)
+            if len(ids) > budget:
+                return None
+        return ids
 
     def _prepare(self, document: Document) -> tuple[str, list[str]] | None:
         title, text = document.title, document.text
@@ -236,52 +267,67 @@ class BlockBuilder:
         title: str,
         title_ids: list[int],
         sentences: list[str],
-        sentence_ids: list[list[int]],
+        sentence_ids: Iterable[list[int] | None],
     ) -> Iterator[Block]:
         cfg = self.config
         if len(title_ids) > cfg.title_budget:
             title, title_ids = self._shorten(title, cfg.title_budget)
             self.stats.titles_truncated += 1
         budget = cfg.max_block_tokens - 3 - len(title_ids)
-        units: list[_Unit] = []
-        for sentence, ids in zip(sentences, sentence_ids, strict=True):
-            self.stats.sentences += 1
-            if not ids:
-                self.stats.empty_sentences += 1
-            elif len(ids) <= budget:
-                units.append(_Unit(sentence, ids))
-            else:
-                self.stats.long_sentences += 1
-                if units:
-                    units[-1].break_after = True  # an oversized sentence starts a new block
-                units.extend(self._split_long(sentence, budget))
-        if not units:  # only sentences without wordpieces
-            self.stats.skipped["empty"] += 1
-            return
-        for texts, ids, starts in _pack_units(units, budget):
+        made = 0
+        for texts, ids, starts in _pack_units(self._units(sentences, sentence_ids, budget), budget):
             self.stats.blocks += 1
             self.stats.block_tokens += len(ids)
+            made += 1
             yield Block(title, " ".join(texts), title_ids, ids, doc_id, starts)
+        if not made:  # only sentences without wordpieces
+            self.stats.skipped["empty"] += 1
 
-    def _split_long(self, sentence: str, budget: int) -> list[_Unit]:
-        """An oversized sentence as word units (oversized words as character chunks, each its own block)."""
+    def _units(self, sentences: list[str], sentence_ids: Iterable[list[int] | None], budget: int) -> Iterator[_Unit]:
+        """The units to pack, streamed; one unit of look-ahead, since an oversized sentence marks the unit
+        before it as the end of a block."""
+        pending: _Unit | None = None
+        for sentence, ids in zip(sentences, sentence_ids, strict=True):
+            self.stats.sentences += 1
+            if ids is None:  # too long to tokenize whole: an oversized sentence, unless its ids fit
+                ids = self._ids_within(sentence, budget)
+            if ids is not None and not ids:
+                self.stats.empty_sentences += 1
+                continue
+            if ids is not None and len(ids) <= budget:
+                if pending is not None:
+                    yield pending
+                pending = _Unit(sentence, ids)
+                continue
+            self.stats.long_sentences += 1
+            if pending is not None:
+                pending.break_after = True  # an oversized sentence starts a new block
+                yield pending
+                pending = None
+            for unit in self._split_long(sentence, budget):  # the last one stays pending
+                if pending is not None:
+                    yield pending
+                pending = unit
+        if pending is not None:
+            yield pending
+
+    def _split_long(self, sentence: str, budget: int) -> Iterator[_Unit]:
+        """An oversized sentence as word units (oversized words as character chunks, each its own block),
+        streamed: a document without sentence ends is one sentence of millions of words."""
         words = sentence.split(" ")
-        units: list[_Unit] = []
-        for i, (word, ids) in enumerate(zip(words, self.encode(words), strict=True)):
+        for i, (word, ids) in enumerate(zip(words, self._encode_stream(words), strict=True)):
+            ids = self.encode([word])[0] if ids is None else ids
             if len(ids) <= budget:
-                units.append(_Unit(word, ids, sentence_start=i == 0))
+                yield _Unit(word, ids, sentence_start=i == 0)
                 continue
             self.stats.words_cut += 1
             rest = word
             while len(ids) > budget:
                 prefix, prefix_ids = self._shorten(rest, budget)
-                units.append(
-                    _Unit(prefix, prefix_ids, sentence_start=i == 0 and rest is word, break_after=True)
-                )
+                yield _Unit(prefix, prefix_ids, sentence_start=i == 0 and rest is word, break_after=True)
                 rest = rest[len(prefix) :]
                 ids = self.encode([rest])[0]
-            units.append(_Unit(rest, ids, sentence_start=False))
-        return units
+            yield _Unit(rest, ids, sentence_start=False)
 
     def _shorten(self, text: str, limit: int) -> tuple[str, list[int]]:
         """The longest prefix of ``text`` with at most ``limit`` wordpieces, cut between words when a whole

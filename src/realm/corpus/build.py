@@ -19,6 +19,7 @@ from .documents import Document, DocumentReader, source_fingerprint
 from .sentences import split_sentences
 from .stats import BuildStats
 from .store import BlockStore
+from .writer import EmptyInputError
 
 logger = logging.getLogger(__name__)
 
@@ -151,21 +152,40 @@ def build_store(
         return {"input": str(input_path), "build_config": config.to_dict(), "stats": stats.to_dict()}
 
     logger.info("building blocks from %d file(s) under %s into %s", len(reader.files), input_path, out)
-    if store is not None:
-        store.append(blocks, tokenizer, source_fingerprint=reader.fingerprint, build_info=info)
-    else:
-        BlockStore.create(
-            out,
-            blocks,
-            tokenizer,
-            max_block_tokens=config.max_block_tokens,
-            overwrite=overwrite,
-            source_fingerprint=reader.fingerprint,
-            build_info=info,
-        )
+    if not reader.files:
+        raise EmptyInputError(_nothing_to_read(input_path, reader))
+    try:
+        if store is not None:
+            store.append(blocks, tokenizer, source_fingerprint=reader.fingerprint, build_info=info)
+        else:
+            BlockStore.create(
+                out,
+                blocks,
+                tokenizer,
+                max_block_tokens=config.max_block_tokens,
+                overwrite=overwrite,
+                source_fingerprint=reader.fingerprint,
+                build_info=info,
+            )
+    except EmptyInputError:
+        raise EmptyInputError(
+            f"{input_path}: no text to build blocks from ({stats.documents:,} document(s) read, "
+            f"{stats.documents_kept:,} kept); {out} was not {'changed' if store is not None else 'created'}. "
+            "Give JSONL lines with a non-empty \"text\" or .txt files with content"
+        ) from None
     stats.seconds = time.perf_counter() - started
     logger.info("%s\n%s", out, stats.summary())
     return stats
+
+
+def _nothing_to_read(input_path: str | os.PathLike[str], reader: DocumentReader) -> str:
+    ignored = reader.ignored_files
+    shown = ", ".join(p.name for p in ignored[:3]) + (" ..." if len(ignored) > 3 else "")
+    what = f"only files of unknown format ({shown})" if ignored else "no files"
+    return (
+        f"{input_path} holds {what}: nothing to build blocks from. Give .jsonl/.json/.ndjson files "
+        "(one {\"title\", \"text\"} per line) or .txt files (one document each)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- import

@@ -27,6 +27,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.ipc  # noqa: F401  (registers pa.ipc)
 
+from realm.atomic import fault_point
+from realm.schema import check_store_manifest, read_json_object
+
 FORMAT_NAME = "realm-block-store"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -156,6 +159,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        fault_point(f"{path.name} written")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -175,7 +179,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{directory} is not a complete block store: {problem}; build it with `realm blocks build`"
         )
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest = read_json_object(path, "a block store manifest", "; rebuild the store with `realm blocks build`")
     if manifest.get("format") != FORMAT_NAME:
         raise ValueError(f"{path} is not a {FORMAT_NAME} manifest (format={manifest.get('format')!r})")
     version = manifest.get("format_version")
@@ -183,4 +187,4 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise ValueError(
             f"{path} has format_version {version!r}; this realm reads up to {FORMAT_VERSION}: upgrade realm-lm"
         )
-    return manifest
+    return check_store_manifest(manifest, path)

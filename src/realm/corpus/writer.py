@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc  # noqa: F401  (registers pa.ipc)
 
+from realm.atomic import exchange_paths, fault_point, remove_stale_temporaries, temporary_sibling
+
 from .blocks import Block
 from .segments import (
     BATCH_ROWS,
@@ -50,6 +52,11 @@ from .segments import (
 LOCK_NAME = ".lock"
 
 Fingerprint = str | Callable[[], str | None] | None
+
+
+class EmptyInputError(ValueError):
+    """No block to write: nothing is published (an empty store would only fail later, at question time)."""
+
 Info = dict[str, Any] | Callable[[], dict[str, Any]] | None
 
 
@@ -146,7 +153,9 @@ class SegmentWriter:
             "bytes": self.tmp.stat().st_size,
             "sha256": file_sha256(self.tmp),
         }
+        fault_point("segment written")
         os.replace(self.tmp, self.path)
+        fault_point("segment renamed")
         return entry
 
     def abort(self) -> None:
@@ -174,12 +183,15 @@ def create_store(
 ) -> dict[str, Any]:
     """Write a new store at ``path``; returns its manifest (arguments: see `BlockStore.create`)."""
     existing = path.exists()
+    if existing and not path.is_dir():
+        raise FileExistsError(f"{path} is a file; the store's path must be a directory (a new one, or a store to replace)")
     if existing and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) or append to it")
     if existing and not ((path / MANIFEST_NAME).is_file() or (path.is_dir() and not any(path.iterdir()))):
         raise FileExistsError(f"{path} exists and is not a block store; refusing to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    remove_stale_temporaries(path)  # left by a build that was killed
+    tmp = temporary_sibling(path)
     tmp.mkdir()
     try:
         info = tokenizer_info(tokenizer)
@@ -198,9 +210,14 @@ def create_store(
             "parts": [],
         }
         _write_part(tmp, manifest, blocks, source_fingerprint, build_info, segment_rows)
+        if manifest["num_blocks"] == 0:
+            raise EmptyInputError(f"no blocks to write into {path}; nothing was created")
         tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
-        if existing:
+        fault_point("store ready")
+        if existing and exchange_paths(tmp, path):  # one step; `tmp` now holds the old store, removed below
+            pass
+        elif existing:
             old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:12]}")
             os.replace(path, old)
             os.replace(tmp, path)
@@ -227,18 +244,36 @@ def append_blocks(
     manifest = json.loads(json.dumps(opened))
     first_new = len(manifest["segments"])
     with _writer_lock(path):
+        _remove_orphans(path, opened)
         try:
             _write_part(path, manifest, blocks, source_fingerprint, build_info, segment_rows)
+            if manifest["num_blocks"] == opened["num_blocks"]:
+                raise EmptyInputError(f"no blocks to append to {path}; the store is unchanged")
             if read_manifest(path)["segments"] != opened["segments"]:
                 raise ValueError(
                     f"{path} changed on disk since it was opened (another append?); reopen it and retry"
                 )
+            fault_point("segments published")
+            # The one step that publishes the append: until the manifest lists them, the new segments
+            # are invisible to readers (and removed by the next append).
             write_json_atomic(path / MANIFEST_NAME, manifest)
+            fault_point("append published")
         except BaseException:
             for entry in manifest["segments"][first_new:]:
                 (path / entry["file"]).unlink(missing_ok=True)
             raise
     return manifest
+
+
+def _remove_orphans(path: Path, manifest: dict[str, Any]) -> None:
+    """Delete segment files (and their temporaries) that the manifest does not list: an append killed
+    before its manifest was written leaves them, invisible to readers."""
+    listed = {entry["file"] for entry in manifest["segments"]}
+    for file in path.glob("segment-*.arrow"):
+        if file.name not in listed:
+            file.unlink(missing_ok=True)
+    for file in path.glob(".segment-*.arrow.tmp-*"):
+        file.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -52,6 +52,7 @@ from realm.train.state import (
     save_training_checkpoint,
     start_run,
 )
+from realm.verify import record_index_embedder
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +102,13 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, stop_after: int | 
 
     store = BlockStore.open(config.store)
     tokenizer = RealmTokenizerFast.from_pretrained(store.path / "tokenizer")
-    check_index(config.index, store, store_dir=config.store)
+    index_manifest = check_index(config.index, store, store_dir=config.store)
     index = with_sparse(
         open_index(config.index), config.sparse or None, store, fusion=config.fusion, depth=config.depth,
         weight=config.weight,
     )  # fmt: skip
     model_config = _model_config(config, len(tokenizer))
+    record_index_embedder(model_config, index_manifest.extra)  # the query tower will move away from it
     embedder, reader = load_towers(checkpoint or config.model, model_config, device)
     finetuner = OpenQAFinetuner(
         embedder, reader, store, index, tokenizer,

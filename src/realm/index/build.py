@@ -38,7 +38,7 @@ from realm.index.embeddings import (
     read_manifest,
 )
 from realm.inputs import block_inputs
-from realm.modeling.checkpoint import resolve_weights
+from realm.modeling.checkpoint import check_vocabulary, module_fingerprint, resolve_weights
 from realm.modeling.embedder import RealmEmbedder
 
 logger = logging.getLogger(__name__)
@@ -226,6 +226,12 @@ def build_index(
     _agree_on_plan(work, plan, context, poll_seconds)
 
     embedder = RealmEmbedder.from_pretrained(embedder_path, device=rank_device(device, context))
+    store_manifest = getattr(store, "manifest", None)
+    if store_manifest is not None:
+        vocab = store_manifest["tokenizer"]["vocab_size"]
+        check_vocabulary(vocab, getattr(store, "path", "the store"), embedder.config, embedder_path)
+    # The embedder's tensors, whatever file they came from: `realm.verify.check_corpus` compares them.
+    provenance = {**(provenance or {}), "embedder_weights_fingerprint": module_fingerprint(embedder)}
     cls_id, sep_id, pad_id = special_ids
     mine = [
         i for i in range(context.rank, num_chunks, context.world_size) if not _chunk_path(work, i).exists()

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from realm.atomic import atomic_write_bytes
+from realm.schema import check_index_manifest, read_json_object
 
 EMBEDDINGS_NAME = "embeddings.npy"
 PARTIAL_NAME = "embeddings.npy.partial"
@@ -114,7 +115,8 @@ def read_manifest(directory: PathLike) -> IndexManifest:
     path = Path(directory) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {directory} is not an index directory (no manifest)")
-    return IndexManifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    data = read_json_object(path, "an index manifest", "; rebuild the index with `realm index build`")
+    return IndexManifest.from_dict(check_index_manifest(data, path))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ import torch
 
 from realm.atomic import atomic_directory
 from realm.index.base import MISSING_ID, SearchResult, check_k, chunk_topk, empty_result, order_hits
+from realm.schema import check_sparse_manifest_fields
 
 logger = logging.getLogger(__name__)
 
@@ -321,6 +322,10 @@ def _read_sparse_manifest(directory: Path, strict: bool) -> dict[str, Any] | Non
     path = directory / MANIFEST_NAME
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:  # not JSON, not UTF-8
+        if not strict:
+            return None
+        raise ValueError(f"{path}: not valid JSON ({err}); rebuild it with `realm index build-sparse`") from None
     except FileNotFoundError:
         if not strict:
             return None
@@ -337,7 +342,8 @@ def _read_sparse_manifest(directory: Path, strict: bool) -> dict[str, Any] | Non
             return None
         shown = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise ValueError(f"{path} is not a sparse (BM25) index manifest (format={shown!r})")
-    if int(manifest.get("version", 0)) > SPARSE_VERSION:
+    check_sparse_manifest_fields(manifest, path)
+    if manifest["version"] > SPARSE_VERSION:
         raise ValueError(
             f"{path}: sparse index version {manifest['version']} is newer than this library's "
             f"({SPARSE_VERSION}); upgrade realm-lm"

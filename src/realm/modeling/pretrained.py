@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from realm.atomic import atomic_write
+from realm.atomic import atomic_update, atomic_write, fault_point
 from realm.config import RealmConfig
 from realm.modeling.checkpoint import (
     SAFE_WEIGHTS_NAME,
@@ -189,20 +189,24 @@ class RealmPreTrainedModel(nn.Module):
     def save_pretrained(self, save_directory: str | os.PathLike[str], safe_serialization: bool = True) -> Path:
         """Write `config.json` and `model.safetensors` (or `pytorch_model.bin`) into `save_directory`.
 
-        Each file is written to a temporary name and renamed, so an interrupted save leaves the previous
-        files intact. In safetensors, tensors shared under several names are written once, under the first
+        The weights and `config.json` are written into a hidden copy of the directory that is swapped in
+        one step (`realm.atomic.atomic_update`), so a save killed at any point leaves the previous pair
+        intact, never new weights beside an old config. In safetensors, tensors shared under several names are written once, under the first
         name (`RealmPreTrainedModel.from_pretrained` and the port both re-tie them).
         """
         directory = Path(save_directory)
-        directory.mkdir(parents=True, exist_ok=True)
         config = self.config.copy(architectures=[type(self).__name__])
         state = self.state_dict()
-        if safe_serialization:
-            unique = {names[0]: state[names[0]] for names in _alias_groups(self.state_dict(keep_vars=True))}
-            save_state_dict(unique, directory / SAFE_WEIGHTS_NAME)
-        else:
-            atomic_write(directory / WEIGHTS_NAME, lambda tmp: torch.save(state, tmp))
-        config.save_pretrained(directory)
+        # Weights and config.json are published together (one directory swap): a kill at any moment leaves
+        # the old pair or the new one, never new weights under an old config.
+        with atomic_update(directory) as tmp:
+            if safe_serialization:
+                unique = {names[0]: state[names[0]] for names in _alias_groups(self.state_dict(keep_vars=True))}
+                save_state_dict(unique, tmp / SAFE_WEIGHTS_NAME)
+            else:
+                atomic_write(tmp / WEIGHTS_NAME, lambda path: torch.save(state, path))
+            fault_point("checkpoint weights written")
+            config.save_pretrained(tmp)
         return directory
 
 

@@ -2,9 +2,12 @@
 
 Request bodies are parsed by hand (size, UTF-8, JSON, then the pydantic model) so that every bad input
 gets a 4xx whose JSON names the field: `{"error": message, "field": "questions[2]", "status": 422}`.
-Codes: 400 body not UTF-8 / not JSON; 403 reload not enabled; 404/405 unknown route or method;
-409 an index that does not match its store; 413 body or question count over the limit; 422 a field with a
-wrong type or value; 503 shutting down. A 500 means a bug.
+Codes: 400 body not UTF-8 / not JSON; 401 missing or wrong API key; 403 reload not enabled; 404/405 unknown
+route or method; 408 body not received in time; 409 an index that does not match its store; 413 body,
+question count or cost (questions x characters x k) over the limit; 415 `/reload` without a JSON content
+type; 421 a `Host` this server does not answer for; 422 a field with a wrong type or value (a question with
+no visible character included); 503 shutting down or too many connections. A 500 means a bug.
+Host, key and content-type checks, timeouts and connection limits: `realm.serve.guard`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import signal
 import threading
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -27,12 +31,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from realm.pipeline import Pipeline
 from realm.serve.batching import MicroBatcher
 from realm.serve.config import ServeConfig
 from realm.serve.corpus import Corpus, CorpusError, open_corpus
 from realm.serve.docs import add_offline_docs
+from realm.serve.guard import GuardMiddleware, exposure_warning, uvicorn_config
 
 logger = logging.getLogger(__name__)
 
@@ -177,11 +184,7 @@ async def parse(request: Request, model: type[BaseModel]) -> Any:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
         raise ApiError(413, "body", f"the body has {declared} bytes; the limit is {max_body_bytes}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_body_bytes:
-            raise ApiError(413, "body", f"the body is over the limit of {max_body_bytes} bytes")
+    body = await read_body(request, max_body_bytes, _server(request).config.body_timeout_s)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -199,6 +202,30 @@ async def parse(request: Request, model: type[BaseModel]) -> Any:
         raise ApiError(422, _field(tuple(first["loc"])), first["msg"]) from None
 
 
+async def read_body(request: Request, max_body_bytes: int, timeout_s: float) -> bytes:
+    """The whole body, at most `max_body_bytes` (413), within `timeout_s` (408: a client that trickles
+    its body would hold a connection and a handler for ever)."""
+    body = bytearray()
+
+    async def receive() -> None:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > max_body_bytes:
+                raise ApiError(413, "body", f"the body is over the limit of {max_body_bytes} bytes")
+
+    try:
+        await asyncio.wait_for(receive(), timeout_s)
+    except TimeoutError:
+        raise ApiError(408, "body", f"the body did not arrive within {timeout_s:g} s") from None
+    return bytes(body)
+
+
+def visible(text: str) -> bool:
+    """True if `text` has a character a reader can see: not only spaces, controls (NUL...), format
+    characters (zero-width space, joiners, BOM), combining marks, unassigned or private-use code points."""
+    return any(unicodedata.category(c)[0] not in "CZM" for c in text)
+
+
 def questions_and_k(req: AskRequest, server: _Server) -> tuple[list[str], int]:
     config = server.config
     if (req.question is None) == (req.questions is None):
@@ -213,6 +240,8 @@ def questions_and_k(req: AskRequest, server: _Server) -> tuple[list[str], int]:
         where = name if req.question is not None else f"questions[{i}]"
         if not q.strip():
             raise ApiError(422, where, "the question is empty")
+        if not visible(q):
+            raise ApiError(422, where, "the question has no visible characters (only spaces, controls, zero-width or combining ones)")
         try:  # a lone surrogate from a "\ud800" escape is valid JSON but no text the tokenizer takes
             q.encode("utf-8")
         except UnicodeEncodeError:
@@ -222,6 +251,13 @@ def questions_and_k(req: AskRequest, server: _Server) -> tuple[list[str], int]:
     k = req.k if req.k is not None else server.default_k()
     if not 1 <= k <= config.max_k:
         raise ApiError(422, "k", f"k must be an integer in 1..{config.max_k}, got {k}")
+    cost = sum(len(q) for q in questions) * k
+    if cost > config.max_cost:
+        raise ApiError(
+            413, "cost", f"the request costs {cost:,} (characters of all questions x k = "
+            f"{sum(len(q) for q in questions):,} x {k}); the budget is {config.max_cost:,}: send fewer or "
+            "shorter questions, or a smaller k",
+        )  # fmt: skip
     return questions, k
 
 
@@ -284,7 +320,8 @@ async def health(request: Request) -> dict[str, Any]:
     model = current.pipeline.reader.config
     return {
         "status": "ok",
-        "model": config.model_name or f"RealmReader ({model.num_hidden_layers} layers, hidden {model.hidden_size})",
+        # The name only, never a server path (model_name is often the checkpoint directory).
+        "model": public_name(config.model_name) or f"RealmReader ({model.num_hidden_layers} layers, hidden {model.hidden_size})",
         **current.describe(),
         "k": server.default_k(),
         "threshold": current.pipeline.threshold,
@@ -302,6 +339,20 @@ async def health(request: Request) -> dict[str, Any]:
         "reload": {"allowed": config.allow_reload, "count": server.reloads},
         "credit": config.credit,
     }
+
+
+def public_name(name: str | None) -> str | None:
+    """A model name fit to show any client: the last part of a path."""
+    if not name:
+        return name
+    return name.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or name
+
+
+async def client_gone(request: Request, err: ClientDisconnect) -> Response:
+    # One line instead of a traceback per client that hangs up mid-body (nobody reads the answer).
+    client = request.client.host if request.client else "?"
+    logger.info("client %s disconnected during %s %s", client, request.method, request.url.path)
+    return Response(status_code=499)
 
 
 async def reload_corpus(request: Request) -> dict[str, Any]:
@@ -339,7 +390,9 @@ def create_app(
         redoc_url=None,
     )
     add_offline_docs(app)
+    app.add_middleware(GuardMiddleware, config=config, api_key=config.read_api_key())
     app.state.server = _Server(pipeline_or_loader, config)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(CorpusError, corpus_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -348,6 +401,8 @@ def create_app(
     app.post("/ask", openapi_extra=_body_schema(AskRequest), summary="Answer questions, with the evidence blocks")(ask)
     app.post("/search", openapi_extra=_body_schema(AskRequest), summary="Retrieve blocks only (no reading)")(search)
     app.get("/health", summary="Status, corpus, model, index, limits and the credit line")(health)
+    for path, handler in (("/", index_page), ("/health", health)):  # HEAD wherever GET (a monitor's probe)
+        app.head(path, include_in_schema=False)(handler)
     app.post("/reload", openapi_extra=_body_schema(ReloadRequest), summary="Swap the corpus (--allow-reload)")(
         reload_corpus
     )
@@ -359,10 +414,8 @@ def run_server(pipeline: Pipeline | Callable[[], Pipeline], config: ServeConfig 
     import uvicorn
 
     config = config or ServeConfig()
+    warning = exposure_warning(config, config.read_api_key())
+    if warning:
+        logger.warning(warning)
     app = create_app(pipeline, config)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host=config.host, port=config.port, log_level=config.log_level, access_log=config.access_log
-        )
-    )
-    server.run()
+    uvicorn.Server(uvicorn_config(app, config)).run()

@@ -1,10 +1,13 @@
-"""Micro-batching: concurrent requests become one `Pipeline.ask` call.
+"""Micro-batching with fair scheduling: concurrent requests share `Pipeline.ask` calls, and no request,
+however large, holds the model for longer than one bounded call at a time.
 
-One worker task takes the first waiting request, then keeps collecting for up to `max_wait_ms` or until
-`max_batch_size` questions, and runs the batch in a thread so the event loop keeps accepting requests
-(which queue up for the next batch while the model runs). Requests are grouped by `k` inside a batch:
-the reader's softmax over the blocks read, and so every answer, depends on `k`, so requests with
-different `k` cannot share a call (reading at the largest k and cutting would change their answers).
+One worker task takes the first waiting request, waits up to `max_wait_ms` for company, then fills a call
+round-robin: one question from each waiting request in turn, until `max_batch_size` questions or
+`max_batch_rows` reader rows (questions x k) are taken. A request of 32 questions at k = 20 thus runs as
+several calls, and a one-question request that arrives meanwhile joins the very next call instead of
+waiting behind all of them. Calls run in a thread so the event loop keeps accepting requests. Requests are
+grouped by `k`: the reader's softmax over the blocks read, and so every answer, depends on `k`, so
+questions with different `k` never share a call; the round-robin turn passes between the `k` groups too.
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ class _Job:
     questions: list[str]
     k: int
     future: asyncio.Future[list[Answer]]
+    taken: int = 0  # questions handed to a call so far
+    answers: dict[int, Answer] = field(default_factory=dict)
+
+    @property
+    def waiting(self) -> bool:
+        return self.taken < len(self.questions) and not self.future.done()
 
 
 @dataclass
@@ -60,28 +69,34 @@ class BatchStats:
 
 
 class MicroBatcher:
-    """Queue of `ask` requests served by one worker.
+    """Queue of `ask` requests served by one worker (see the module doc).
 
     Args:
-        get_pipeline: returns the pipeline to use; called once per batch, so a corpus swap takes effect
-            between batches and a batch in flight finishes on the corpus it started with.
-        max_batch_size: questions per model call (1 turns batching off). A single request with more
-            questions than this still runs as one call.
+        get_pipeline: returns the pipeline to use; called once per call, so a corpus swap takes effect
+            between calls and a call in flight finishes on the corpus it started with.
+        max_batch_size: questions per model call (1 turns batching off).
         max_wait_ms: how long the first request of a batch waits for company.
+        max_batch_rows: reader rows (questions x k) per model call; default `max_batch_size` x 5 (REALM's
+            k). A single question over it still runs, alone.
     """
 
     def __init__(
-        self, get_pipeline: Callable[[], Pipeline], max_batch_size: int = 16, max_wait_ms: float = 5.0
+        self,
+        get_pipeline: Callable[[], Pipeline],
+        max_batch_size: int = 16,
+        max_wait_ms: float = 5.0,
+        max_batch_rows: int | None = None,
     ) -> None:
         if max_batch_size < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_size must be >= 1 and max_wait_ms >= 0")
         self.get_pipeline = get_pipeline
         self.max_batch_size = max_batch_size
+        self.max_batch_rows = max_batch_rows or max_batch_size * 5
         self.max_wait = max_wait_ms / 1000
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Job] | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._carry: _Job | None = None  # a job that did not fit the previous batch; it leads the next
+        self._active: list[_Job] = []  # requests with questions not yet handed to a call, in turn order
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -92,7 +107,7 @@ class MicroBatcher:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-        pending = [self._carry] if self._carry else []
+        pending = list(self._active)
         while self._queue is not None and not self._queue.empty():
             pending.append(self._queue.get_nowait())
         for job in pending:
@@ -107,56 +122,73 @@ class MicroBatcher:
         await self._queue.put(_Job(list(questions), k, future))
         return await future
 
-    async def _collect(self) -> list[_Job]:
+    def _drain(self) -> None:
         assert self._queue is not None
-        first = self._carry or await self._queue.get()
-        self._carry = None
-        batch, size = [first], len(first.questions)
+        while not self._queue.empty():
+            self._active.append(self._queue.get_nowait())
+
+    async def _gather(self) -> None:
+        """Wait for a first request, then up to `max_wait` for more (while a call would not be full)."""
+        assert self._queue is not None
+        if not self._active:
+            self._active.append(await self._queue.get())
         deadline = time.monotonic() + self.max_wait
-        while size < self.max_batch_size:
-            try:
-                job = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    job = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-            if size + len(job.questions) > self.max_batch_size:
-                self._carry = job
+        while sum(len(j.questions) - j.taken for j in self._active) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 break
-            batch.append(job)
-            size += len(job.questions)
-        return batch
+            try:
+                self._active.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        self._drain()
+
+    def _next_call(self) -> tuple[int, list[tuple[_Job, int]]]:
+        """The next call's k and its (request, question index) pairs, taken round-robin."""
+        self._active = [job for job in self._active if job.waiting]  # finished, or the client went away
+        k = self._active[0].k
+        jobs = [job for job in self._active if job.k == k]
+        taken: list[tuple[_Job, int]] = []
+        while jobs and len(taken) < self.max_batch_size and (not taken or (len(taken) + 1) * k <= self.max_batch_rows):
+            for job in list(jobs):
+                if len(taken) >= self.max_batch_size or (taken and (len(taken) + 1) * k > self.max_batch_rows):
+                    break
+                taken.append((job, job.taken))
+                job.taken += 1
+                if job.taken == len(job.questions):
+                    jobs.remove(job)
+        return k, taken
+
+    def _pass_turn(self, served: _Job) -> None:
+        """After a call: requests that arrived during it join the line first, then the one served goes
+        to its back, so a newcomer's turn comes before the served request's next one."""
+        self._drain()
+        if served in self._active:
+            self._active.remove(served)
+            self._active.append(served)
 
     async def _run(self) -> None:
         while True:
-            batch = await self._collect()
-            batch = [job for job in batch if not job.future.done()]  # clients that went away
-            if not batch:
+            await self._gather()
+            self._active = [job for job in self._active if job.waiting]
+            if not self._active:
                 continue
+            k, taken = self._next_call()
+            served = self._active[0]
             pipeline = self.get_pipeline()
-            by_k: dict[int, list[_Job]] = {}
-            for job in batch:
-                by_k.setdefault(job.k, []).append(job)
             started = time.perf_counter()
-            for k, jobs in by_k.items():
-                questions = [q for job in jobs for q in job.questions]
-                try:
-                    answers = await asyncio.to_thread(pipeline.ask, questions, k)
-                except Exception as err:  # one failing call must not stop the worker
-                    logger.exception("batch of %d questions failed", len(questions))
-                    for job in jobs:
-                        if not job.future.done():
-                            job.future.set_exception(err)
-                    continue
-                start = 0
-                for job in jobs:
+            try:
+                answers = await asyncio.to_thread(pipeline.ask, [job.questions[i] for job, i in taken], k)
+            except Exception as err:  # one failing call must not stop the worker
+                logger.exception("a call of %d questions failed", len(taken))
+                for job, _ in taken:
                     if not job.future.done():
-                        job.future.set_result(answers[start : start + len(job.questions)])
-                    start += len(job.questions)
-            self.stats.record(
-                sum(len(job.questions) for job in batch), len(by_k), time.perf_counter() - started
-            )
+                        job.future.set_exception(err)
+                self._pass_turn(served)
+                continue
+            for (job, i), answer in zip(taken, answers, strict=True):
+                job.answers[i] = answer
+                if len(job.answers) == len(job.questions) and not job.future.done():
+                    job.future.set_result([job.answers[j] for j in range(len(job.questions))])
+            self.stats.record(len(taken), 1, time.perf_counter() - started)
+            self._pass_turn(served)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -9,9 +10,11 @@ from pathlib import Path
 
 from realm.corpus import BlockStore
 from realm.index import open_index, read_manifest
-from realm.index.build import check_index
 from realm.index.hybrid import HybridIndex, with_sparse
 from realm.pipeline import Pipeline
+from realm.verify import check_corpus, verify_store
+
+logger = logging.getLogger(__name__)
 
 
 class CorpusError(Exception):
@@ -59,36 +62,39 @@ def open_corpus(
 ) -> Corpus:
     """A pipeline with `base`'s models over another store and index, checked before anything is swapped.
 
+    The checks are `realm.verify`'s, the same as `Pipeline.from_pretrained` runs, plus the sha256 of every
+    store segment. Messages name only the paths the client gave, never what else is on the server: a path
+    that does not exist and one that is no store get the same answer (the reason is logged).
+
     Raises:
-        CorpusError: 422 for a directory that is not a store / an index, 409 for a pair that does not
-            match (index not built from this store, other embedding size, other tokenizer).
+        CorpusError: 422 for a directory that is not a usable store / index, 409 for a pair that does not
+            match (index not built from this store or with this embedder, other size, other tokenizer).
     """
     store_dir, index_dir = Path(store_dir), Path(index_dir)
     try:
         store = BlockStore.open(store_dir)
+        verify_store(store)
     except (OSError, ValueError, KeyError) as err:
-        raise CorpusError(422, "store", f"cannot open the block store {store_dir}: {err}") from err
+        logger.warning("reload refused: store %s: %s", store_dir, err)
+        raise CorpusError(422, "store", _unusable(store_dir, "block store", err)) from None
     try:
         read_manifest(index_dir)
     except (OSError, ValueError, KeyError) as err:
-        raise CorpusError(422, "index", f"cannot open the index {index_dir}: {err}") from err
-    try:
-        manifest = check_index(index_dir, store, store_dir=store_dir)
-    except ValueError as err:
-        raise CorpusError(409, "index", str(err)) from err
-    dim = base.embedder.config.retriever_proj_size
-    if manifest.dim != dim:
-        raise CorpusError(
-            409, "index", f"{index_dir} holds {manifest.dim}-d embeddings but the model's are {dim}-d"
-        )
+        logger.warning("reload refused: index %s: %s", index_dir, err)
+        raise CorpusError(422, "index", _unusable(index_dir, "index", err)) from None
     ours = getattr(base.store, "tokenizer_fingerprint", None)
     if ours is not None and store.tokenizer_fingerprint != ours:
         # Block ids from another vocabulary would be read as nonsense by this reader.
         raise CorpusError(409, "store", f"{store_dir} was tokenized with another tokenizer than the model's")
     try:
+        check_corpus(store, index_dir, base.embedder)
+    except ValueError as err:
+        raise CorpusError(409, "index", str(err)) from err
+    try:
         index = open_index(index_dir)
     except (OSError, ValueError, ImportError) as err:
-        raise CorpusError(422, "index", f"cannot open the index {index_dir}: {err}") from err
+        logger.warning("reload refused: index %s: %s", index_dir, err)
+        raise CorpusError(422, "index", _unusable(index_dir, "index", err)) from None
     if isinstance(base.index, HybridIndex):  # keep retrieving as the server was started: hybrid
         hybrid = base.index
         try:
@@ -105,3 +111,10 @@ def open_corpus(
         threshold=base.threshold, marginal_spans=base.marginal_spans, temperature=base.temperature,
     )  # fmt: skip
     return Corpus(pipeline, store_dir, index_dir)
+
+
+def _unusable(path: Path, what: str, err: Exception) -> str:
+    """The client's path and, for a file that exists and was read, what is wrong with its content."""
+    if isinstance(err, OSError):  # missing, not a directory, unreadable: all alike to the client
+        return f"{path} is not a {what} this server can open"
+    return f"{path} is not a usable {what}: {err}"
