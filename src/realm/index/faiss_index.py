@@ -41,7 +41,6 @@ from realm.index.base import (
     check_k,
     check_queries,
     empty_result,
-    order_hits,
     pad_hits,
 )
 from realm.index.embeddings import (
@@ -112,6 +111,7 @@ class FaissIndex(Index):
         if index.metric_type != metric:
             raise ValueError("the faiss index must use the inner-product metric, or L2 over rows augmented for MIPS")
         self.index = index
+        self._hnsw: Any = None  # the HNSW graph of `index` (False: none), found on the first search
         self.matrix = matrix
         self.factory = factory
         self.build_info = {k: v for k, v in (build or {}).items() if k not in ("ids_removed", "max_norm")}
@@ -251,21 +251,24 @@ class FaissIndex(Index):
         if fetch == 0:
             return empty_result(queries.shape[0], k, queries.device)
         kwargs = {}
-        hnsw = getattr(faiss.downcast_index(self.index), "hnsw", None)
-        if hnsw is not None and hnsw.efSearch < fetch:
+        if self._hnsw is None:  # looked up once: downcast_index costs more than a small search
+            self._hnsw = getattr(faiss.downcast_index(self.index), "hnsw", False)
+        if self._hnsw and self._hnsw.efSearch < fetch:
             kwargs["params"] = faiss.SearchParametersHNSW(efSearch=fetch)  # HNSW finds at most efSearch hits
         q = _float32(queries)
         if self.max_norm is not None:
             q = np.ascontiguousarray(np.hstack([q, np.zeros((len(q), 1), np.float32)]))
         scores, ids = self.index.search(q, fetch, **kwargs)  # [B, F] numpy
-        scores, ids = torch.from_numpy(scores), torch.from_numpy(ids).long()
         missing = ids == MISSING_ID
         if self.params.get("rerank", 0) or self.max_norm is not None:
-            rows = read_rows(self.matrix, ids.clamp(min=0)).cpu()  # [B, F, D] exact vectors
-            scores = torch.einsum("bfd,bd->bf", rows, queries.cpu())  # [B, F]
-        scores[missing] = float("-inf")
-        scores, ids = order_hits(scores, ids)
-        result = pad_hits(SearchResult(scores[:, :k], ids[:, :k]), k)
+            rows = read_rows(self.matrix, torch.from_numpy(np.maximum(ids, 0))).numpy()  # [B, F, D] exact
+            scores = np.einsum("bfd,bd->bf", rows, q[:, : self.dim])  # [B, F]
+        scores[missing] = -np.inf
+        # small hit lists sorted in numpy (per-call torch overhead dominates a single-query ANN search):
+        # score descending, then id ascending, as `order_hits` orders them
+        order = np.lexsort((ids, -scores), axis=1)[:, :k]
+        scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+        result = pad_hits(SearchResult(torch.from_numpy(scores), torch.from_numpy(ids).long()), k)
         return SearchResult(result.scores.to(queries.device), result.ids.to(queries.device))
 
     # -----------------------------------------------------------------------------------------------------
