@@ -185,14 +185,17 @@ def test_add_documents_embeds_only_the_new_blocks(corpus, tmp_path) -> None:
     args = ["index", "add", str(tmp_path / "more.jsonl"), "--store", str(store_dir), "--index", str(tmp_path / "index"),
             "--embedder", str(corpus["embedder"]), "--no-progress"]  # fmt: skip
     assert main(args) == 0
+    from realm.index.live import open_segments
+
     store = BlockStore.open(store_dir)
-    after = np.load(tmp_path / "index" / "embeddings.npy")
+    parts, _ = open_segments(tmp_path / "index")
+    after = np.concatenate([m for _, m in parts])  # the base matrix + the new segment
     assert len(after) == len(store) > len(before)
-    assert np.array_equal(after[: len(before)], before)  # old rows untouched
+    assert np.array_equal(np.load(tmp_path / "index" / "embeddings.npy"), before)  # old file untouched
     run_build({**corpus, "store": store_dir}, tmp_path / "rebuilt", chunk_size=16, batch_size=5)
     np.testing.assert_allclose(after, np.load(tmp_path / "rebuilt" / "embeddings.npy"), atol=1e-5, rtol=0)
     check_index(tmp_path / "index", store, embedder_path=corpus["embedder"])  # consistent again
-    assert not list((tmp_path / "index").glob(".add-*"))
+    assert not list((tmp_path / "index").glob("segments/*/.build"))
 
 
 def test_mismatched_index_is_refused_with_the_rebuild_command(corpus, tmp_path) -> None:
@@ -231,4 +234,6 @@ def test_add_resumes_after_a_crash_without_adding_twice(corpus, tmp_path, monkey
     monkeypatch.setattr(add_module, "build_index", real_build)
     result = add_module.add_documents(tmp_path / "more.jsonl", store_dir, tmp_path / "index", corpus["embedder"], progress=False)
     assert result.resumed and result.blocks_after == grown == len(BlockStore.open(store_dir))
-    assert len(np.load(tmp_path / "index" / "embeddings.npy", mmap_mode="r")) == grown
+    from realm.index import read_manifest
+
+    assert read_manifest(tmp_path / "index").count == grown

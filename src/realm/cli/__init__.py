@@ -1,8 +1,8 @@
 """The `realm` command. The only package that parses arguments and prints: the parser and `main` here, the
 verbs' bodies in `realm.cli.corpus`, `realm.cli.answer`, `realm.cli.training` and `realm.cli.doctor`.
 
-Verbs: `demo`; `doctor` (the environment report for a bug report); `blocks build|import` (corpus -> block store); `index build|add` (block store -> embeddings),
-`index build-sparse` (block store -> BM25);
+Verbs: `demo`; `doctor` (the environment report for a bug report); `blocks build|import` (corpus -> block store); `index build|add` (block store -> embeddings;
+`--kind ivf|hnsw|ivfpq` for approximate search), `index remove|compact` (documents out; space back), `index build-sparse` (block store -> BM25);
 `verify` (is a store, index, sparse index or checkpoint intact?);
 `ask` and `evaluate` (questions -> answers with evidence); `serve` (HTTP API and web page);
 `finetune` (ORQA/REALM Open-QA fine-tuning); `init --from-bert` (REALM checkpoints from a BERT checkpoint);
@@ -24,6 +24,8 @@ from realm.cli.corpus import (
     _index_build,
     _index_build_sparse,
     _verify,
+    add_ann_args,
+    add_live_verbs,
 )
 from realm.cli.doctor import _doctor, _VersionAction
 from realm.cli.training import _finetune, _init, _pretrain, _pretrain_refresh
@@ -107,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     ibuild.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32")
     ibuild.add_argument("--device", default="cpu", help="cpu, cuda (each torchrun rank takes its own GPU)")
     ibuild.add_argument("--no-progress", action="store_true")
+    add_ann_args(ibuild)
     ibuild.set_defaults(run=_index_build)
 
     isparse = index.add_parser("build-sparse", help="BM25 over the block texts (for hybrid retrieval; bm25s)")
@@ -125,8 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     iadd.add_argument("--embedder", required=True, help="the RealmEmbedder the index was built with")
     iadd.add_argument("--workers", type=_count, default=0, help="block-building worker processes")
     iadd.add_argument("--device", default="cpu")
+    iadd.add_argument("--replace", action="store_true", help="remove the older blocks of documents with the same titles")
     iadd.add_argument("--no-progress", action="store_true")
     iadd.set_defaults(run=_index_add)
+    add_live_verbs(index)
 
     verify = commands.add_parser(
         "verify", help="check a block store, index, sparse index or checkpoint: every field and checksum"

@@ -123,6 +123,13 @@ class BlockStore:
         )
 
     @property
+    def removed_ids(self) -> np.ndarray:
+        """Sorted int64 ids of removed blocks (`realm index remove`; see `realm.corpus.removal`)."""
+        from realm.corpus.removal import store_removed_ids
+
+        return store_removed_ids(self.path, self.manifest)
+
+    @property
     def num_documents(self) -> int:
         """One more than the largest ``doc_id`` stored (the next document id for `append`)."""
         return int(self.manifest["num_documents"])

@@ -31,6 +31,7 @@ from realm.index.embeddings import (
 from realm.index.exact import ExactIndex
 from realm.index.faiss_index import FaissIndex
 from realm.index.hybrid import HybridIndex, reciprocal_rank_fusion, weighted_score_fusion
+from realm.index.live import FilteredIndex, SegmentedIndex, open_segments, removed_ids, segment_entries
 from realm.index.sharded import ShardedIndex, shard_bounds
 from realm.index.sparse import SparseConfig, SparseIndex
 
@@ -39,10 +40,12 @@ __all__ = [
     "MANIFEST_NAME",
     "ExactIndex",
     "FaissIndex",
+    "FilteredIndex",
     "HybridIndex",
     "Index",
     "IndexManifest",
     "SearchResult",
+    "SegmentedIndex",
     "ShardedIndex",
     "SparseConfig",
     "SparseIndex",
@@ -51,6 +54,7 @@ __all__ = [
     "open_embeddings",
     "open_index",
     "read_manifest",
+    "removed_ids",
     "reciprocal_rank_fusion",
     "shard_bounds",
     "weighted_score_fusion",
@@ -61,7 +65,18 @@ __all__ = [
 
 def open_index(directory: str | os.PathLike[str], **kwargs: Any) -> Index:
     """Open an index directory as the kind its manifest names: `FaissIndex` for {"type": "faiss"},
-    else `ExactIndex` (memory-mapped). kwargs go to that class's `load`."""
-    if read_manifest(directory).index.get("type") == "faiss":
-        return FaissIndex.load(directory, **kwargs)
-    return ExactIndex.load(directory, **kwargs)
+    else `ExactIndex` (memory-mapped; a `SegmentedIndex` of them when `realm index add` appended
+    segments), wrapped in a `FilteredIndex` when blocks were removed (`realm.index.live`). kwargs go to
+    that class's `load` (or to each segment's `ExactIndex`)."""
+    manifest = read_manifest(directory)
+    index: Index
+    if manifest.index.get("type") == "faiss":
+        index = FaissIndex.load(directory, **kwargs)
+    elif segment_entries(manifest):
+        mmap = kwargs.pop("mmap", True)
+        parts, manifest = open_segments(directory, mmap=mmap)
+        index = SegmentedIndex([ExactIndex(matrix, id_offset=first, **kwargs) for first, matrix in parts])
+    else:
+        index = ExactIndex.load(directory, **kwargs)
+    removed = removed_ids(directory, manifest)
+    return FilteredIndex(index, removed) if len(removed) else index

@@ -1,25 +1,33 @@
 """Grow a knowledge corpus: new documents -> new blocks in the store -> only their embeddings computed.
 
 `realm index add` appends the documents' blocks to the store as a new segment, embeds just those blocks
-(with the resumable builder, into a side directory) and publishes a new `embeddings.npy` = old rows + new
-rows, atomically. Run again after a crash, it recognises its own half-done work: a store whose last part
-came from the same input and an index that is shorter than the store resume where they stopped instead of
-appending the documents twice.
+with the resumable builder into a new index segment `segments/<first block id>/` and publishes it by
+rewriting only the manifest (`realm.index.update.publish_change`): the existing rows are never read or
+rewritten, so the cost is proportional to what is added (a FAISS index beside it gets the new rows, and
+is written whole: FAISS has no append to a file). With `replace=True` the older blocks of documents with
+the same titles are removed in the same publication (a corrected article replaces the old one).
+
+Run again after a crash (even kill -9), it recognises its own half-done work: a store whose last part
+came from the same input and an index shorter than the store resume where they stopped (the builder
+skips the chunks already embedded) instead of appending the documents twice; an addition that was
+fully published is reported as done.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from realm.corpus import BlockStore, BuildConfig, build_store, source_fingerprint
+from realm.corpus.removal import find_blocks, remove_blocks
 from realm.index.build import IndexBuildConfig, build_index, check_index, embedder_fingerprint
-from realm.index.embeddings import IndexManifest, create_embeddings, finish_embeddings, open_embeddings
+from realm.index.embeddings import read_manifest
+from realm.index.live import SEGMENTS_DIR, segment_dir_name
+from realm.index.update import IndexChange, publish_change
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +53,8 @@ class AddResult:
     blocks_before: int
     blocks_after: int
     resumed: bool
+    replaced: int = 0  # older blocks removed because a document of the same title was added
+    change: IndexChange | None = None  # None: the addition had already been published
 
 
 def add_documents(
@@ -57,6 +67,7 @@ def add_documents(
     device: Any = None,
     progress: bool = True,
     num_workers: int = 0,
+    replace: bool = False,
 ) -> AddResult:
     """Add the documents under `input_path` to a store and its index without re-embedding the rest.
 
@@ -65,10 +76,11 @@ def add_documents(
         store_dir, index_dir: an existing block store and the index built from it.
         embedder_path: the `RealmEmbedder` checkpoint the index was built with (checked).
         build_config: block-building options; default the store's `max_block_tokens`.
+        replace: remove the older blocks of documents that have the same titles as the added ones.
     """
     store_dir, index_dir = Path(store_dir), Path(index_dir)
     store = BlockStore.open(store_dir)
-    _, manifest = open_embeddings(index_dir)
+    manifest = read_manifest(index_dir)
     if manifest.extra.get("embedder_fingerprint") != embedder_fingerprint(embedder_path):
         raise ValueError(
             f"{index_dir} was built with a different embedder than {embedder_path}: new blocks would not be "
@@ -77,65 +89,53 @@ def add_documents(
         )
     before = manifest.count
     parts = store.manifest.get("parts", [])
-    resumed = (
-        before < len(store)
-        and bool(parts)
-        and parts[-1].get("source_fingerprint") == source_fingerprint(input_path)
-    )
+    ours = bool(parts) and parts[-1].get("source_fingerprint") == source_fingerprint(input_path)
+    if ours and before == len(store):
+        logger.info("%s was already added to %s and %s", input_path, store_dir, index_dir)
+        return AddResult(int(parts[-1]["first_block"]), before, True)
+    resumed = ours and before < len(store)
     if not resumed:
         check_index(index_dir, store, store_dir=store_dir, embedder_path=embedder_path)
         config = build_config or BuildConfig(max_block_tokens=store.max_block_tokens or 288)
         build_store(
-            input_path,
-            store_dir,
-            store.load_tokenizer(),
-            config,
-            progress,
-            append=True,
-            num_workers=num_workers,
-        )
+            input_path, store_dir, store.load_tokenizer(), config, progress, append=True, num_workers=num_workers,
+        )  # fmt: skip
         store = BlockStore.open(store_dir)
     else:
         logger.info("resuming: %s already holds the blocks of %s", store_dir, input_path)
 
+    replaced = None
+    if replace:  # older blocks of the same titles; recomputed identically on a resumed run
+        titles = {t for batch in store.iter_batches(columns=("title",), start=before) for t in batch.titles}
+        replaced, _, _ = find_blocks(store, titles=titles, below=before)
+        remove_blocks(store_dir, replaced)
+
     plan = manifest.extra["build_plan"]
-    side = index_dir / f".add-{before}"
+    segment = index_dir / SEGMENTS_DIR / segment_dir_name(before)
     build_index(
         _Tail(store, before),
         embedder_path,
-        side,
+        segment,
         IndexBuildConfig(**plan["build"]),
         store_fingerprint=f"{store.fingerprint}[{before}:]",
         special_ids=store.special_ids,
         device=device,
         progress=progress,
     )
-    _publish(index_dir, side, manifest, store, plan)
-    return AddResult(before, len(store), resumed)
+    extra = {
+        "store_fingerprint": store.fingerprint,
+        "build_plan": {**plan, "count": len(store), "store_fingerprint": store.fingerprint},
+        "additions": [*manifest.extra.get("additions", []), {"first_block": before, "blocks": len(store) - before}],
+    }
+    change = publish_change(
+        index_dir, segment=segment, first=before, remove=replaced, extra=extra,
+        rebuild_command=_rebuild_command(store_dir, embedder_path, index_dir, manifest.index),
+    )  # fmt: skip
+    return AddResult(before, len(store), resumed, int(len(replaced)) if replaced is not None else 0, change)
 
 
-def _publish(
-    index_dir: Path, side: Path, manifest: IndexManifest, store: BlockStore, plan: dict[str, Any]
-) -> None:
-    old, _ = open_embeddings(index_dir)
-    new, _ = open_embeddings(side)
-    total = len(old) + len(new)
-    out = create_embeddings(index_dir, total, manifest.dim, manifest.dtype)
-    step = 1 << 18  # rows copied at a time: memory stays bounded whatever the index size
-    for offset, source in ((0, old), (len(old), new)):
-        for start in range(0, len(source), step):
-            rows = source[start : start + step]
-            out[offset + start : offset + start + len(rows)] = rows
-    out.flush()
-    del out, old, new
-    extra = dict(manifest.extra)
-    extra["store_fingerprint"] = store.fingerprint
-    extra["build_plan"] = {**plan, "count": total, "store_fingerprint": store.fingerprint}
-    extra["additions"] = [
-        *extra.get("additions", []),
-        {"first_block": manifest.count, "blocks": total - manifest.count},
-    ]
-    finish_embeddings(
-        index_dir, IndexManifest(total, manifest.dim, manifest.dtype, index=manifest.index, extra=extra)
-    )
-    shutil.rmtree(side, ignore_errors=True)
+def _rebuild_command(store_dir: Path, embedder: Any, index_dir: Path, meta: dict[str, Any]) -> str:
+    """The `realm index build` command that rebuilds this index as it is (kind and parameters)."""
+    from realm.index.ann import build_args_for
+
+    return f"realm index build --store {store_dir} --embedder {embedder} --out {index_dir}{build_args_for(meta)}"

@@ -31,8 +31,8 @@ from realm.atomic import atomic_save_npy, atomic_write_text
 from realm.distributed import DistributedContext, rank_device
 from realm.index.base import check_index_size
 from realm.index.embeddings import (
-    EMBEDDINGS_NAME,
     IndexManifest,
+    base_file,
     create_embeddings,
     finish_embeddings,
     read_manifest,
@@ -276,7 +276,8 @@ def _finished(out_dir: Path, plan: dict[str, Any]) -> bool:
         manifest = read_manifest(out_dir)
     except (FileNotFoundError, ValueError):
         return False
-    return (out_dir / EMBEDDINGS_NAME).is_file() and manifest.extra.get("build_plan") == plan
+    # after `realm index add` / `compact` the rows live in segments / a merged file the manifest names
+    return (out_dir / base_file(manifest)).is_file() and manifest.extra.get("build_plan") == plan
 
 
 def _agree_on_plan(

@@ -119,6 +119,11 @@ def read_manifest(directory: PathLike) -> IndexManifest:
     return IndexManifest.from_dict(check_index_manifest(data, path))
 
 
+def base_file(manifest: IndexManifest) -> str:
+    """The file of the first rows: `embeddings.npy`, or the merged matrix `realm index compact` wrote."""
+    return str(manifest.extra.get("base_file", EMBEDDINGS_NAME))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The matrix.
 
@@ -242,14 +247,20 @@ def open_embeddings(directory: PathLike, mmap: bool = True) -> tuple[np.ndarray,
         (matrix [N, D] read-only np.memmap or ndarray, manifest)
     """
     directory = Path(directory)
-    path = directory / EMBEDDINGS_NAME
+    manifest = read_manifest(directory) if (directory / MANIFEST_NAME).is_file() else None
+    path = directory / (base_file(manifest) if manifest else EMBEDDINGS_NAME)
+    if manifest is not None and manifest.extra.get("segments"):
+        raise ValueError(
+            f"{directory} has rows appended in segments (realm index add): open it with "
+            f"realm.index.open_index, or merge them first with: realm index compact --index {directory}"
+        )
     if not path.is_file():
         if (directory / PARTIAL_NAME).exists():
             raise FileNotFoundError(
                 f"{path} not found: a partial build is there; finish it (finish_embeddings)"
             )
         raise FileNotFoundError(f"{path} not found: {directory} is not an index directory")
-    manifest = read_manifest(directory)
+    manifest = manifest or read_manifest(directory)
     matrix = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     _check_matches(matrix, manifest, path)
     return matrix, manifest

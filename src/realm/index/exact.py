@@ -74,6 +74,8 @@ def read_rows(matrix: Matrix, ids: Tensor) -> Tensor:
     flat = ids.reshape(-1)
     if isinstance(matrix, np.ndarray):
         rows = torch.from_numpy(np.asarray(matrix[flat.cpu().numpy()], dtype=np.float32))
+    elif not isinstance(matrix, Tensor):  # realm.index.live.SegmentRows: rows across appended segments
+        rows = torch.from_numpy(matrix.take(flat.cpu().numpy()))
     else:
         rows = matrix.detach().index_select(0, flat.to(matrix.device)).float()
     return rows.reshape(*ids.shape, matrix.shape[1])

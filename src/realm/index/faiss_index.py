@@ -41,7 +41,7 @@ from realm.index.base import (
     check_k,
     check_queries,
     empty_result,
-    order_hits,
+    pad_hits,
 )
 from realm.index.embeddings import (
     EMBEDDINGS_NAME,
@@ -97,27 +97,42 @@ class FaissIndex(Index):
         params: dict[str, Any] | None = None,
         build: dict[str, Any] | None = None,
     ) -> None:
-        if index.ntotal != matrix.shape[0] or index.d != matrix.shape[1]:
+        self.ids_removed = int((build or {}).get("ids_removed", 0))  # rows taken out of an IVF index
+        # MIPS -> L2: rows stored as [x, sqrt(M^2 - |x|^2)], queries as [q, 0] (see the module doc).
+        self.max_norm: float | None = (build or {}).get("max_norm")
+        extra_dim = int(self.max_norm is not None)
+        if index.ntotal + self.ids_removed != matrix.shape[0] or index.d != matrix.shape[1] + extra_dim:
             raise ValueError(
                 f"the faiss index holds {index.ntotal:,} x {index.d} but the matrix is "
                 f"{matrix.shape[0]:,} x {matrix.shape[1]}; rebuild the faiss index"
             )
         faiss = import_faiss()
-        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise ValueError("the faiss index must use the inner-product metric (faiss.METRIC_INNER_PRODUCT)")
+        metric = faiss.METRIC_L2 if extra_dim else faiss.METRIC_INNER_PRODUCT
+        if index.metric_type != metric:
+            raise ValueError("the faiss index must use the inner-product metric, or L2 over rows augmented for MIPS")
         self.index = index
+        self._hnsw: Any = None  # the HNSW graph of `index` (False: none), found on the first search
         self.matrix = matrix
         self.factory = factory
-        self.build_info = dict(build or {})
+        self.build_info = {k: v for k, v in (build or {}).items() if k not in ("ids_removed", "max_norm")}
         self.params: dict[str, Any] = {}
         self.set_params(**(params or {}))
 
     @property
     def dim(self) -> int:
-        return int(self.index.d)
+        return int(self.matrix.shape[1])
+
+    def _rows(self, rows: Any) -> np.ndarray:
+        """float32 rows as the FAISS index stores them (augmented with their MIPS -> L2 column if any)."""
+        rows = _float32(rows)
+        if self.max_norm is None:
+            return rows
+        # a row added later with a larger norm than the bound gets 0: its distance is then approximate
+        extra = np.sqrt(np.maximum(self.max_norm**2 - (rows * rows).sum(1), 0.0))[:, None]
+        return np.ascontiguousarray(np.hstack([rows, extra.astype(np.float32)]))
 
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        return int(self.index.ntotal) + self.ids_removed  # ids are row numbers, removed ones included
 
     def __repr__(self) -> str:
         return f"FaissIndex({self.factory!r}, {len(self):,} x {self.dim}, params={self.params})"
@@ -130,6 +145,7 @@ class FaissIndex(Index):
         train_size: int = DEFAULT_TRAIN_SIZE,
         seed: int = 0,
         ef_construction: int | None = None,
+        mips_to_l2: bool = False,
         **params: Any,
     ) -> FaissIndex:
         """Build (train on a seeded sample if needed, then add every row in order) a FAISS index.
@@ -140,11 +156,26 @@ class FaissIndex(Index):
             train_size: rows sampled (without replacement, seeded) to train IVF centroids / PQ codebooks.
             seed: the sample's and k-means' seed.
             ef_construction: HNSW build-time candidates (FAISS default 40).
+            mips_to_l2: index [x, sqrt(M^2 - |x|^2)] with L2 (M: the largest row norm), so that nearest
+                in L2 = largest inner product for queries [q, 0]: partitions and graphs built for L2 then
+                serve inner products of unnormalised vectors (Bachrach et al. 2014); hits re-scored exactly.
             params: search parameters, e.g. nprobe=16, efSearch=128 (see `set_params`).
         """
         faiss = import_faiss()
         count, dim = (int(s) for s in matrix.shape)
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        max_norm = None
+        if mips_to_l2 and "PQ" in factory:
+            raise ValueError(
+                f"mips_to_l2 adds a dimension (D + 1 = {dim + 1}) that PQ sub-quantizers cannot split evenly; "
+                "for IVF-PQ keep inner product and re-score exactly with rerank=100..400"
+            )
+        if mips_to_l2:
+            max_norm = max(
+                float(np.sqrt((_float32(matrix[lo : lo + ADD_CHUNK_ROWS]) ** 2).sum(1).max()))
+                for lo in range(0, count, ADD_CHUNK_ROWS)
+            )
+        metric = faiss.METRIC_L2 if mips_to_l2 else faiss.METRIC_INNER_PRODUCT
+        index = faiss.index_factory(dim + int(mips_to_l2), factory, metric)
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None:
             ivf.cp.seed = seed
@@ -153,18 +184,20 @@ class FaissIndex(Index):
             if hnsw is None:
                 raise ValueError(f"ef_construction is an HNSW setting; {factory!r} has no HNSW graph")
             hnsw.efConstruction = ef_construction
-        build = {"train_size": 0, "seed": seed, "ef_construction": ef_construction}
+        build = {"train_size": 0, "seed": seed, "ef_construction": ef_construction, "max_norm": max_norm}
+        shaper = cls.__new__(cls)  # only for `_rows` (the augmentation) before the index is complete
+        shaper.max_norm = max_norm
         if not index.is_trained:
             size = min(count, train_size)
             sample = np.sort(np.random.default_rng(seed).choice(count, size=size, replace=False))
             index.train(
-                _float32(
-                    matrix[sample] if isinstance(matrix, np.ndarray) else matrix[torch.from_numpy(sample)]
-                )
+                shaper._rows(matrix[sample] if isinstance(matrix, np.ndarray) else matrix[torch.from_numpy(sample)])
             )
             build["train_size"] = size
         for start in range(0, count, ADD_CHUNK_ROWS):
-            index.add(_float32(matrix[start : start + ADD_CHUNK_ROWS]))
+            index.add(shaper._rows(matrix[start : start + ADD_CHUNK_ROWS]))
+        if max_norm is not None:
+            params.setdefault("rerank", 0)  # L2 distances are not scores: search() always re-scores exactly
         return cls(index, matrix, factory, params=params, build=build)
 
     def set_params(self, **params: Any) -> None:
@@ -214,20 +247,75 @@ class FaissIndex(Index):
         k = check_k(k, len(self))
         if queries.shape[0] == 0 or k == 0:
             return empty_result(queries.shape[0], k, queries.device)
-        fetch = min(len(self), max(k, self.params.get("rerank", 0)))
+        fetch = min(int(self.index.ntotal), max(k, self.params.get("rerank", 0)))
+        if fetch == 0:
+            return empty_result(queries.shape[0], k, queries.device)
         kwargs = {}
-        hnsw = getattr(faiss.downcast_index(self.index), "hnsw", None)
-        if hnsw is not None and hnsw.efSearch < fetch:
+        if self._hnsw is None:  # looked up once: downcast_index costs more than a small search
+            self._hnsw = getattr(faiss.downcast_index(self.index), "hnsw", False)
+        if self._hnsw and self._hnsw.efSearch < fetch:
             kwargs["params"] = faiss.SearchParametersHNSW(efSearch=fetch)  # HNSW finds at most efSearch hits
-        scores, ids = self.index.search(_float32(queries), fetch, **kwargs)  # [B, F] numpy
-        scores, ids = torch.from_numpy(scores), torch.from_numpy(ids).long()
+        q = _float32(queries)
+        if self.max_norm is not None:
+            q = np.ascontiguousarray(np.hstack([q, np.zeros((len(q), 1), np.float32)]))
+        scores, ids = self.index.search(q, fetch, **kwargs)  # [B, F] numpy
         missing = ids == MISSING_ID
-        if self.params.get("rerank", 0):
-            rows = read_rows(self.matrix, ids.clamp(min=0)).cpu()  # [B, F, D] exact vectors
-            scores = torch.einsum("bfd,bd->bf", rows, queries.cpu())  # [B, F]
-        scores[missing] = float("-inf")
-        scores, ids = order_hits(scores, ids)
-        return SearchResult(scores[:, :k].to(queries.device), ids[:, :k].to(queries.device))
+        if self.params.get("rerank", 0) or self.max_norm is not None:
+            rows = read_rows(self.matrix, torch.from_numpy(np.maximum(ids, 0))).numpy()  # [B, F, D] exact
+            scores = np.einsum("bfd,bd->bf", rows, q[:, : self.dim])  # [B, F]
+        scores[missing] = -np.inf
+        # small hit lists sorted in numpy (per-call torch overhead dominates a single-query ANN search):
+        # score descending, then id ascending, as `order_hits` orders them
+        order = np.lexsort((ids, -scores), axis=1)[:, :k]
+        scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+        result = pad_hits(SearchResult(torch.from_numpy(scores), torch.from_numpy(ids).long()), k)
+        return SearchResult(result.scores.to(queries.device), result.ids.to(queries.device))
+
+    # -----------------------------------------------------------------------------------------------------
+    # Kept in sync with the matrix: `realm index add` / `remove` (see `realm.index.live`).
+
+    @property
+    def can_remove(self) -> bool:
+        """True for an IVF index (explicit ids: `remove_ids` keeps every other id); HNSW, flat and PQ
+        renumber or cannot remove, so their removed rows stay in the index and are filtered at search."""
+        return import_faiss().try_extract_index_ivf(self.index) is not None
+
+    def add_rows(self, rows: Matrix, first: int) -> None:
+        """Append rows `first .. first + len(rows) - 1` (the new blocks) without retraining.
+
+        Args:
+            rows: [n, D] float array, memmap or tensor; their ids continue the index's."""
+        if first != len(self):
+            raise ValueError(f"new rows must start at id {len(self)}, not {first}")
+        for start in range(0, len(rows), ADD_CHUNK_ROWS):
+            chunk = self._rows(rows[start : start + ADD_CHUNK_ROWS])
+            if self.can_remove:
+                ids = np.arange(first + start, first + start + len(chunk), dtype=np.int64)
+                self.index.add_with_ids(chunk, ids)
+            else:
+                self.index.add(chunk)
+
+    def remove_rows(self, ids: np.ndarray) -> int:
+        """Take rows out of an IVF index (`remove_ids`); other kinds keep them (filtered at search time).
+        Returns how many left the index."""
+        if not self.can_remove or len(ids) == 0:
+            return 0
+        faiss = import_faiss()
+        gone = int(self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64))))
+        self.ids_removed += gone
+        return gone
+
+    def write_file(self, directory: str | os.PathLike[str], name: str) -> dict[str, Any]:
+        """Write the FAISS index to `directory/name` atomically; its manifest `index` entry (not written)."""
+        faiss = import_faiss()
+        tmp = Path(directory) / f".{name}.tmp"
+        faiss.write_index(self.index, str(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, Path(directory) / name)
+        return {"type": "faiss", "file": name, "factory": self.factory, "params": self.params,
+                **self.build_info, "ids_removed": self.ids_removed, "max_norm": self.max_norm,
+                "faiss_version": faiss.__version__}
 
     def reconstruct(self, ids: Tensor) -> Tensor:
         """The exact stored vectors of `ids` [...] as float32 [..., D] (from the matrix, not the codes)."""
@@ -251,6 +339,8 @@ class FaissIndex(Index):
             "factory": self.factory,
             "params": self.params,
             **self.build_info,
+            "ids_removed": self.ids_removed,
+            "max_norm": self.max_norm,
             "faiss_version": faiss.__version__,
         }
         target = directory / EMBEDDINGS_NAME
@@ -279,12 +369,19 @@ class FaissIndex(Index):
             mmap: False reads the matrix into memory.
             params: search parameters overriding the saved ones (nprobe=..., efSearch=...).
         """
+        from realm.index.live import SegmentRows, open_segments, segment_entries
+
         faiss = import_faiss()
         directory = Path(directory)
-        matrix, manifest = open_embeddings(directory, mmap=mmap)
+        manifest = read_manifest(directory)
+        if segment_entries(manifest):  # rows appended by `realm index add`: read across the segments
+            parts, _ = open_segments(directory, mmap=mmap)
+            matrix: Matrix = SegmentRows(parts)  # type: ignore[assignment]
+        else:
+            matrix, manifest = open_embeddings(directory, mmap=mmap)
         meta = _faiss_meta(manifest, directory)
         index = faiss.read_index(str(directory / meta.get("file", FAISS_NAME)))
-        build = {k: meta[k] for k in ("train_size", "seed", "ef_construction") if k in meta}
+        build = {k: meta[k] for k in ("train_size", "seed", "ef_construction", "ids_removed", "max_norm") if k in meta}
         return cls(index, matrix, meta["factory"], params={**meta.get("params", {}), **params}, build=build)
 
 

@@ -270,10 +270,16 @@ class ShardedIndex(Index):
         **kwargs: Any,
     ) -> ShardedIndex:
         """Collective: every rank memory-maps `directory/embeddings.npy` and searches its row range.
+        Blocks removed with `realm index remove` are filtered (a `FilteredIndex` around it, the same on
+        every rank, so the collective calls stay matched).
 
         Args:
             directory: an index directory (any world size wrote it, or `ExactIndex.save`, or a builder).
             group, device, in_memory, kwargs: as for the constructor.
         """
-        matrix, _ = open_embeddings(directory)
-        return cls(matrix, group, device, in_memory, **kwargs)
+        from realm.index.live import FilteredIndex, removed_ids
+
+        matrix, manifest = open_embeddings(directory)  # appended segments: refused, with the compact command
+        sharded = cls(matrix, group, device, in_memory, **kwargs)
+        removed = removed_ids(directory, manifest)
+        return FilteredIndex(sharded, removed) if len(removed) else sharded  # type: ignore[return-value]

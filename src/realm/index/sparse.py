@@ -47,6 +47,7 @@ import torch
 
 from realm.atomic import atomic_directory
 from realm.index.base import MISSING_ID, SearchResult, check_k, chunk_topk, empty_result, order_hits
+from realm.index.live import drop_removed
 from realm.schema import check_sparse_manifest_fields
 
 logger = logging.getLogger(__name__)
@@ -144,6 +145,8 @@ class SparseIndex:
         self.tokenization = dict(tokenization)
         self.store_fingerprint = store_fingerprint
         self._stemmer = load_stemmer(self.tokenization.get("stemmer"))
+        # Blocks removed from the store (`realm index remove`): never returned; set by `open` with a store.
+        self.removed_ids = torch.zeros(0, dtype=torch.int64)
 
     def __len__(self) -> int:
         return int(self.bm25.scores["num_docs"])
@@ -199,16 +202,16 @@ class SparseIndex:
         k = check_k(k, len(self))
         if not texts:
             return empty_result(0, k, torch.device("cpu"))
+        fetch = min(len(self), k + len(self.removed_ids))  # room for removed blocks, dropped below
         rows = []
         for tokens in self.tokenize(texts):
             scores = self._score_row(tokens)[None]  # [1, N], one row at a time: memory O(N), not O(B N)
-            rows.append(order_hits(*chunk_topk(scores, k)))
+            rows.append(order_hits(*chunk_topk(scores, fetch)))
         scores = torch.cat([r.scores for r in rows])  # [B, K]
         ids = torch.cat([r.ids for r in rows])
         unmatched = scores <= 0  # BM25 of a shared token is > 0 (idf > 0, tf > 0)
-        return SearchResult(
-            scores.masked_fill(unmatched, float("-inf")), ids.masked_fill(unmatched, MISSING_ID)
-        )
+        found = SearchResult(scores.masked_fill(unmatched, float("-inf")), ids.masked_fill(unmatched, MISSING_ID))
+        return drop_removed(found, self.removed_ids, k)
 
     # -----------------------------------------------------------------------------------------------------
     # Build, save, open.
@@ -298,7 +301,10 @@ class SparseIndex:
                 f"{directory}: bm25s holds {bm25.scores['num_docs']} documents but the manifest says "
                 f"{manifest['count']}; rebuild it with: realm index build-sparse --store STORE --out {directory}"
             )
-        return cls(bm25, manifest["tokenization"], manifest["store_fingerprint"])
+        index = cls(bm25, manifest["tokenization"], manifest["store_fingerprint"])
+        if store is not None and hasattr(store, "removed_ids"):
+            index.removed_ids = torch.from_numpy(np.asarray(store.removed_ids, dtype=np.int64))
+        return index
 
 
 def check_sparse_manifest(manifest: dict[str, Any], directory: Path, store: Any) -> None:
