@@ -1,7 +1,7 @@
 """How long a demo stage will take: per-unit costs measured once, times this run's units.
 
 The costs come from one full first run on this project's 2-core CPU (README "Quick start": retriever
-210 s, index 66 s, reader 64 s, evaluation 21 s). A stage's time is taken as linear in its units (pairs
+435 s at load 4-8, so on the high side; index 73 s, reader 57 s, evaluation 52 s). A stage's time is taken as linear in its units (pairs
 trained, blocks embedded, questions read); another machine, load or thread count changes it, so the result
 is an estimate and says what it was measured on. On a busy machine (load average over 1.5 x the CPUs) it
 says so: torch's threads then wait for each other and a stage can take many times its estimate (a `--quick`
@@ -32,10 +32,10 @@ class StageCost:
 COSTS = {
     # The retriever stage runs the frozen trunk once over every block and training/dev question (the
     # projection's steps are cheap), so it scales with the articles.
-    "retriever": StageCost(210.0, 10_033, "article", "10,033 articles"),
-    "index": StageCost(66.0, 10_033, "block", "10,033 blocks"),
-    "reader": StageCost(64.0, 60 * 4, "question", "60 steps of 4 questions"),
-    "evaluate": StageCost(21.0, 300, "question", "300 questions"),
+    "retriever": StageCost(435.0, 10_033, "article", "10,033 articles"),
+    "index": StageCost(73.0, 10_033, "block", "10,033 blocks"),
+    "reader": StageCost(57.0, 60 * 4, "question", "60 steps of 4 questions"),
+    "evaluate": StageCost(52.0, 300, "question", "300 questions"),
 }
 
 
