@@ -176,7 +176,7 @@ def atomic_update(directory: str | os.PathLike[str]) -> Iterator[Path]:
             if file.is_file() and not file.is_symlink():
                 with open(file, "rb") as f:
                     os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         fault_point("update ready")
         if not final.exists():
             os.replace(tmp, final)
@@ -188,7 +188,7 @@ def atomic_update(directory: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -201,7 +201,8 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable (where the platform has directory fds)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds

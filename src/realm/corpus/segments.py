@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.ipc  # noqa: F401  (registers pa.ipc)
 
-from realm.atomic import fault_point
+from realm.atomic import fault_point, fsync_dir
 from realm.schema import check_store_manifest, read_json_object
 
 FORMAT_NAME = "realm-block-store"
@@ -131,19 +131,6 @@ def file_sha256(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- atomic files
-
-
-def fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def temp_name(path: Path) -> Path:

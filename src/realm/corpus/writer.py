@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc  # noqa: F401  (registers pa.ipc)
 
-from realm.atomic import exchange_paths, fault_point, remove_stale_temporaries, temporary_sibling
+from realm.atomic import exchange_paths, fault_point, fsync_dir, remove_stale_temporaries, temporary_sibling
 
 from .blocks import Block
 from .segments import (
@@ -39,7 +39,6 @@ from .segments import (
     combine_fingerprints,
     content_fingerprint,
     file_sha256,
-    fsync_dir,
     read_manifest,
     segment_name,
     temp_name,
