@@ -171,6 +171,8 @@ def test_replace_a_changed_document_and_compact(corpus, tmp_path) -> None:  # no
 KILLER = textwrap.dedent(
     """
     import os, signal, sys
+    import torch
+    torch.set_num_threads({threads})  # the test process's: CPU matmuls round differently with other counts
     import {module} as target
     real = target.{name}
     def die(*args, **kwargs):
@@ -185,7 +187,7 @@ KILLER = textwrap.dedent(
 
 def run_killed(args: list[str], module: str, name: str, before: str = "pass") -> None:
     """Run `realm ARGS` in a subprocess that SIGKILLs itself when it calls `module.name`."""
-    code = KILLER.format(module=module, name=name, before=before)
+    code = KILLER.format(module=module, name=name, before=before, threads=torch.get_num_threads())
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + str(REPO)}
     process = subprocess.run([sys.executable, "-c", code, *args], env=env, timeout=600)
     assert process.returncode == -signal.SIGKILL
