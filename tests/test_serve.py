@@ -90,13 +90,17 @@ def free_port() -> int:
 
 @contextmanager
 def serving(pipeline: Pipeline, **settings: object) -> Iterator[str]:
-    """A real uvicorn server in a thread, on a socket bound here (so the port is known and free)."""
+    """A real uvicorn server in a thread, configured as `realm serve` runs it (timeouts, limits), on a socket
+    bound here (so the port is known and free)."""
     import uvicorn
 
-    app = create_app(pipeline, ServeConfig(log_level="warning", **settings))  # type: ignore[arg-type]
+    from realm.serve.guard import uvicorn_config
+
+    config = ServeConfig(log_level="warning", **settings)  # type: ignore[arg-type]
+    app = create_app(pipeline, config)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -8,10 +8,7 @@ import json
 import logging
 import shutil
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -21,9 +18,9 @@ import torch
 from realm import RealmForOpenQA, RealmRetriever, RealmTokenizerFast
 from realm.index.build import IndexBuildConfig, build_index
 from realm.pipeline import Pipeline
-from realm.serve import ServeConfig, create_app
-from realm.serve.guard import exposure_warning, uvicorn_config
-from tests.test_serve import CASE, OTHER_TEXTS, RecordingPipeline, make_store
+from realm.serve import ServeConfig
+from realm.serve.guard import exposure_warning
+from tests.test_serve import CASE, OTHER_TEXTS, RecordingPipeline, make_store, serving
 
 KEY = "k" * 24
 
@@ -53,29 +50,6 @@ def corpora(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def pipeline(corpora) -> Pipeline:
     return Pipeline.from_pretrained(CASE, corpora["store_a"], corpora["index_a"], k=3)
-
-
-@contextmanager
-def serving(pipeline, **settings: object) -> Iterator[str]:
-    import uvicorn
-
-    config = ServeConfig(log_level="warning", **settings)  # type: ignore[arg-type]
-    app = create_app(pipeline, config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn_config(app, config))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def edit_manifest(src: Path, dst: Path, content) -> Path:
