@@ -55,14 +55,6 @@ def segment_dir_name(first: int) -> str:
     return f"{first:012d}"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Reading the segments and the tombstones named by a manifest.
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from realm.corpus.segments import file_sha256
 from realm.index.embeddings import EMBEDDINGS_NAME, IndexManifest, base_file, read_manifest, write_manifest
 from realm.index.live import (
     SEGMENTS_DIR,
     SegmentRows,
-    file_sha256,
     open_segments,
     removed_ids,
     segment_entries,
