@@ -1,4 +1,5 @@
-"""The demo's retriever stage keeps the projection best on the dev questions, so it never lowers dev recall."""
+"""The demo's retriever stage distils the trunk's mean-pooled vectors into the retrieval head and keeps the head best
+on the dev questions, so it never lowers dev recall."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from realm.corpus import BlockStore
 from realm.demo import DemoConfig, run_demo
 from realm.demo.data import Article, dev_questions, ict_queries, read_articles
-from realm.demo.retriever import recall_at, train_projection
+from realm.demo.retriever import distill_head, encoder_features, head_scores, recall_at
 from realm.demo.run import _block_of_title
 from realm.modeling.embedder import RealmEmbedder
 from tests.conftest import tiny_config
@@ -32,43 +33,68 @@ def test_recall_at_hand_computed() -> None:
     }  # fmt: skip
 
 
-def test_training_that_lowers_dev_recall_keeps_the_start() -> None:
+def _head_state(embedder: RealmEmbedder) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in [*embedder.cls.state_dict().items(), *embedder.realm.pooler.state_dict().items()]}
+
+
+def test_distillation_that_lowers_dev_recall_keeps_the_start() -> None:
     torch.manual_seed(0)
     embedder = RealmEmbedder(tiny_config())
-    start = {k: v.clone() for k, v in embedder.cls.state_dict().items()}
+    start = _head_state(embedder)
     blocks, dev = _features(0)
     n = len(blocks)
-    # Training pairs that contradict the dev set: query i's positive is another block.
-    wrong = torch.roll(torch.arange(n), 1)
-    result = train_projection(
-        embedder, dev.clone(), wrong, blocks, dev_features=dev, dev_targets=torch.arange(n),
-        steps=60, batch_size=8, lr=3e-2, eval_every=10, progress=False,
+    # A teacher that sees every text as the same: matching it collapses the head, and the dev ranking with it.
+    texts = torch.cat([blocks, dev])
+    teacher = torch.nn.functional.normalize(torch.ones_like(texts), dim=-1)
+    result = distill_head(
+        embedder, texts, teacher, blocks, dev_features=dev, dev_targets=torch.arange(n), steps=60, batch_size=16,
+        lr=3e-2, eval_every=10, progress=False,
     )  # fmt: skip
     later = [row["recall@1"] for row in result.history[1:]]
     assert min(later) < result.start["recall@1"], "the training must really lower dev recall for this test to mean anything"
     assert result.best_step == 0 and result.best == result.start
-    for key, value in embedder.cls.state_dict().items():
+    for key, value in _head_state(embedder).items():
         assert torch.equal(value, start[key]), key
     assert all(p.requires_grad for p in embedder.parameters())
 
 
-def test_training_that_helps_keeps_its_best_step() -> None:
+def test_distillation_that_helps_keeps_its_best_step_and_leaves_the_trunk() -> None:
     torch.manual_seed(0)
     embedder = RealmEmbedder(tiny_config())
+    trunk = {k: v.clone() for k, v in embedder.realm.state_dict().items() if not k.startswith("pooler.")}
     blocks, dev = _features(1)
     n = len(blocks)
-    g = torch.Generator().manual_seed(2)
-    train = blocks.repeat(4, 1) + 0.3 * torch.randn(4 * n, blocks.shape[1], generator=g)
-    result = train_projection(
-        embedder, train, torch.arange(n).repeat(4), blocks, dev_features=dev, dev_targets=torch.arange(n),
-        steps=60, batch_size=8, lr=3e-2, eval_every=10, progress=False,
+    texts = torch.cat([blocks, dev + 0.1 * torch.randn_like(dev)])
+    with torch.no_grad():  # a head that starts nearly blind: one direction of the projection left
+        embedder.cls.dense.weight[1:] = 0.0
+    # The teacher is the features' own cosine geometry, under which dev question i is nearest block i.
+    result = distill_head(
+        embedder, texts, torch.nn.functional.normalize(texts, dim=-1), blocks, dev_features=dev,
+        dev_targets=torch.arange(n), steps=80, batch_size=16, lr=3e-2, eval_every=10, progress=False,
     )  # fmt: skip
     score = lambda row: sum(v for k, v in row.items() if k.startswith("recall@"))  # noqa: E731
-    assert score(result.best) == max(score(row) for row in result.history) >= score(result.start)
-    # The embedder holds the kept projection: its dev recall is the one reported.
+    assert score(result.best) == max(score(row) for row in result.history) > score(result.start)
+    # The embedder holds the kept head: its dev recall is the one reported.
     with torch.no_grad():
-        kept = recall_at(embedder.cls(dev) @ embedder.cls(blocks).T, torch.arange(n))
+        kept = recall_at(head_scores(embedder, dev) @ head_scores(embedder, blocks).T, torch.arange(n))
     assert kept == result.best
+    for key, value in embedder.realm.state_dict().items():
+        if key in trunk:
+            assert torch.equal(value, trunk[key]), key
+
+
+def test_encoder_features_are_the_embedders_own_cls_and_mean_pool() -> None:
+    torch.manual_seed(0)
+    embedder = RealmEmbedder(tiny_config()).eval()
+    sequences = [([1, 5, 6, 7, 2], [0] * 5), ([1, 8, 2], [0] * 3), ([1, 9, 10, 11, 12, 13, 2], [0] * 7)]
+    cls, mean = encoder_features(embedder, sequences, pad_id=0, batch_size=2)
+    for i, (ids, types) in enumerate(sequences):  # one at a time: no padding
+        with torch.no_grad():
+            hidden = embedder.realm(torch.tensor([ids]), token_type_ids=torch.tensor([types])).last_hidden_state[0]
+            projected = embedder(torch.tensor([ids]), token_type_ids=torch.tensor([types])).projected_score[0]
+            torch.testing.assert_close(cls[i], hidden[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(mean[i], torch.nn.functional.normalize(hidden.mean(0), dim=-1), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(head_scores(embedder, cls[i : i + 1])[0], projected, atol=1e-5, rtol=1e-5)
 
 
 def test_ict_queries_skip_sentences_inside_the_block() -> None:
@@ -88,7 +114,7 @@ def test_demo_retriever_stage_logs_dev_recall_and_never_lowers_it(tmp_path: Path
     dev.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = DemoConfig(
         cache_dir=str(tmp_path / "cache"), corpus_json=str(corpus), bert_dir=str(bert), block_tokens=32,
-        question_max_length=16, holdout_fraction=0.5, retriever_steps=20, retriever_batch_size=4, retriever_lr=3e-2,
+        question_max_length=16, holdout_fraction=0.5, retriever_steps=20, retriever_batch_size=8, retriever_lr=3e-2,
         retriever_eval_every=5, retriever_ict_queries=10, reader_steps=1, reader_batch_size=2, searcher_beam_size=4,
         reader_beam_size=2, eval_questions=0, examples=(), dev_questions=str(dev),
     )  # fmt: skip
@@ -108,3 +134,4 @@ def test_demo_retriever_stage_logs_dev_recall_and_never_lowers_it(tmp_path: Path
     assert set(result.metrics["dev_gold"]) == {"count", "recall@1", "recall@5", "recall@20"}
     assert result.metrics["dev_answerable"]["count"] == 2
     assert len(dev_questions(path=dev)) == 3 and dev_questions({"Nile"}, dev)[0]["title"] == "Nile"
+

@@ -31,7 +31,7 @@ class StageCost:
 # questions, 300 held-out questions. Re-measure the README's figures -> update these with them.
 COSTS = {
     # The retriever stage runs the frozen trunk once over every block and training/dev question (the
-    # projection's steps are cheap), so it scales with the articles.
+    # head's distillation steps are cheap), so it scales with the articles.
     "retriever": StageCost(435.0, 10_033, "article", "10,033 articles"),
     "index": StageCost(73.0, 10_033, "block", "10,033 blocks"),
     "reader": StageCost(57.0, 60 * 4, "question", "60 steps of 4 questions"),

@@ -1,16 +1,22 @@
-"""Warm-starting the retriever without forgetting: the embedder's BERT trunk stays as imported, and only its
-projection (`cls.dense` + `cls.LayerNorm`, fresh and random after `init_from_bert`) is trained, shared by the
-query and block towers, with a softmax over EVERY block of the corpus (each one a negative, the hardest
-included). A dev set of real questions is scored every `eval_every` steps and the best projection is kept; the
-starting one counts, so the stage cannot lower dev recall.
+"""Warm-starting the retriever without forgetting and without labels: distillation of the imported encoder's
+own sentence embedding into REALM's retrieval head.
 
-Why not the whole embedder: trained end to end on the corpus's own pseudo-questions (description questions,
-in-batch negatives), the trunk learns their form and forgets what made it retrieve real questions (recall@1 on
-human-written questions fell from 0.77 to 0.31 in the demo; see issue 12). With the trunk frozen, its pooled
-outputs are computed once, so each step is a few small matrix products and the whole corpus fits in the
-softmax.
+The demo's BERT is a sentence-embedding model trained for mean pooling (its vectors retrieve real questions well
+zero-shot), while REALM's embedder scores with `LayerNorm(dense(pooler([CLS])))` -- a head that
+`init_from_bert` leaves fresh and random. The trunk stays as imported; only the head (`realm.pooler` and `cls`,
+shared by the query and block towers) is trained, so that the cosine similarities of its outputs reproduce those
+of the trunk's mean-pooled vectors (MSE between the two similarity matrices of each batch) over the corpus's own
+texts: blocks, lead sentences, description questions. No question-answer pair is needed, so nothing pulls the
+encoder towards one question form.
 
-Shapes: N blocks, Q questions, B batch, H hidden size, D retriever_proj_size.
+Why not supervised training: trained end to end on the corpus's pseudo-questions (description questions,
+in-batch negatives), the trunk learned their form and forgot what made it retrieve real questions (recall@1 on
+human-written questions fell from 0.77 to 0.31; see issue 12); training only the projection on the same pairs
+kept recall@1 but stayed below the zero-shot mean pooling at recall@5 and @20 on the dev set. A dev set of real
+questions is scored every `eval_every` steps and the best head is kept; the starting one counts, so the stage
+cannot lower dev recall.
+
+Shapes: N blocks, M training texts, Q questions, B batch, H hidden size, D retriever_proj_size.
 """
 
 from __future__ import annotations
@@ -26,15 +32,14 @@ import torch
 
 from realm.inputs import pad_sequences
 from realm.modeling.embedder import RealmEmbedder
-from realm.objectives import in_batch_softmax_loss
 
 logger = logging.getLogger(__name__)
 
 RECALL_KS = (1, 5, 20)
 
 
-@torch.no_grad()  # not inference_mode: the features feed a trained projection
-def pooled_features(
+@torch.no_grad()  # not inference_mode: the features feed a trained head
+def encoder_features(
     embedder: RealmEmbedder,
     sequences: Sequence[tuple[list[int], list[int]]],
     *,
@@ -42,22 +47,32 @@ def pooled_features(
     batch_size: int = 64,
     progress: bool = False,
     desc: str = "features",
-) -> torch.Tensor:
-    """The trunk's pooled output ([CLS] pooler) of each (ids, token types) sequence, [len(sequences), H].
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trunk's last hidden state at [CLS] (what the head reads) and its mean over the real tokens, scaled to
+    unit length (the teacher), of each (ids, token types) sequence: two [len(sequences), H] tensors.
 
-    Sequences are batched by length (less padding); the result is in input order.
+    Sequences are batched by length (less padding); the results are in input order.
     """
     from tqdm.auto import tqdm
 
     embedder.eval()
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
-    out = torch.empty(len(sequences), embedder.config.hidden_size)
+    cls = torch.empty(len(sequences), embedder.config.hidden_size)
+    mean = torch.empty_like(cls)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
         chosen = order[start : start + batch_size]
         ids, types, mask = pad_sequences([sequences[i][0] for i in chosen], [sequences[i][1] for i in chosen],
                                          pad_id, embedder.device)  # fmt: skip
-        out[chosen] = embedder.realm(ids, attention_mask=mask, token_type_ids=types).pooler_output.float().cpu()
-    return out
+        hidden = embedder.realm(ids, attention_mask=mask, token_type_ids=types).last_hidden_state.float()  # [B, T, H]
+        weights = mask[..., None].float()
+        cls[chosen] = hidden[:, 0].cpu()
+        mean[chosen] = torch.nn.functional.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1).cpu()
+    return cls, mean
+
+
+def head_scores(embedder: RealmEmbedder, cls: torch.Tensor) -> torch.Tensor:
+    """REALM's retrieval vector from [CLS] hidden states [B, H]: `cls(pooler(.))` [B, D], as the embedder computes it."""
+    return embedder.cls(embedder.realm.pooler.activation(embedder.realm.pooler.dense(cls)))
 
 
 def recall_at(scores: torch.Tensor, gold: torch.Tensor, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
@@ -73,8 +88,8 @@ def recall_score(recall: dict[str, float]) -> float:
 
 
 @dataclass
-class ProjectionTraining:
-    """What `train_projection` did: the dev recall curve (step 0 is the starting projection), the step kept."""
+class HeadTraining:
+    """What `distill_head` did: the dev recall curve (step 0 is the starting head) and the step kept."""
 
     best_step: int
     best: dict[str, float]
@@ -82,10 +97,10 @@ class ProjectionTraining:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def train_projection(
+def distill_head(
     embedder: RealmEmbedder,
-    query_features: torch.Tensor,
-    targets: torch.Tensor,
+    text_features: torch.Tensor,
+    teacher: torch.Tensor,
     block_features: torch.Tensor,
     *,
     dev_features: torch.Tensor | None,
@@ -97,31 +112,33 @@ def train_projection(
     seed: int = 0,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
-) -> ProjectionTraining:
-    """Train `embedder.cls` (the projection both towers share) on (query, block) pairs of pooled features,
-    then load the projection that scored best on the dev questions (the starting one included).
+) -> HeadTraining:
+    """Train the retrieval head (`realm.pooler` + `cls`) so that the cosine similarities of its outputs match the
+    teacher's, then load the head that scored best on the dev questions (the starting one included).
 
     Args:
-        query_features: [Q, H] pooled query outputs; targets: [Q] the block index of each query's positive.
-        block_features: [N, H] pooled outputs of every block (the softmax runs over all of them).
-        dev_features, dev_targets: [Qd, H], [Qd] real questions scored every `eval_every` steps (None: keep
-            the last projection; nothing to choose by).
+        text_features: [M, H] [CLS] hidden states of the training texts; teacher: [M, H] their unit vectors.
+        block_features: [N, H] [CLS] hidden states of every block, to score the dev questions against.
+        dev_features, dev_targets: [Qd, H], [Qd] real questions (their gold block) scored every `eval_every`
+            steps by inner product, as the index scores (None: keep the last head; nothing to choose by).
         on_eval: called with each evaluation row (step, loss, recall@k).
     """
     from tqdm.auto import tqdm
 
-    projection = embedder.cls
+    head = torch.nn.ModuleList([embedder.realm.pooler, embedder.cls])
     for parameter in embedder.parameters():
         parameter.requires_grad_(False)
-    for parameter in projection.parameters():
+    for parameter in head.parameters():
         parameter.requires_grad_(True)
-    optimizer = torch.optim.AdamW(projection.parameters(), lr=lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1 - s / steps))
     generator = torch.Generator().manual_seed(seed)
-    query_features, block_features = query_features.float(), block_features.float()
+    text_features, teacher, block_features = text_features.float(), teacher.float(), block_features.float()
 
     def evaluate(step: int, loss: float | None) -> dict[str, Any]:
         with torch.no_grad():
-            scores = projection(dev_features.float()) @ projection(block_features).T  # [Qd, N]
+            scores = head_scores(embedder, dev_features.float()) @ head_scores(embedder, block_features).T  # [Qd, N]
         row = {"step": step, "loss": loss, **recall_at(scores, dev_targets)}
         if on_eval is not None:
             on_eval(row)
@@ -129,32 +146,33 @@ def train_projection(
 
     can_eval = dev_features is not None and dev_targets is not None and len(dev_targets) > 0
     history = [evaluate(0, None)] if can_eval else []
-    best_state, best_step = copy.deepcopy(projection.state_dict()), 0
+    best_state, best_step = copy.deepcopy(head.state_dict()), 0
     best_score = recall_score(_recall(history[0])) if can_eval else float("-inf")
     losses: list[float] = []
     bar = tqdm(range(1, steps + 1), desc="retriever", unit="step", disable=not progress)
     for step in bar:
-        chosen = torch.randint(len(targets), (batch_size,), generator=generator)
-        query = projection(query_features[chosen])  # [B, D]
-        blocks = projection(block_features)  # [N, D]
-        loss, _ = in_batch_softmax_loss(query, blocks, targets[chosen])
+        chosen = torch.randint(len(text_features), (min(batch_size, len(text_features)),), generator=generator)
+        student = torch.nn.functional.normalize(head_scores(embedder, text_features[chosen]), dim=-1)  # [B, D]
+        target = teacher[chosen]
+        loss = torch.nn.functional.mse_loss(student @ student.T, target @ target.T)  # [B, B] cosine matrices
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", refresh=False)
+        bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}", refresh=False)
         if can_eval and (step % eval_every == 0 or step == steps):
             history.append(evaluate(step, float(np.mean(losses[-eval_every:]))))
             if recall_score(_recall(history[-1])) > best_score:  # ties keep the earlier (less trained) one
                 best_score, best_step = recall_score(_recall(history[-1])), step
-                best_state = copy.deepcopy(projection.state_dict())
+                best_state = copy.deepcopy(head.state_dict())
     if not can_eval:
-        best_state, best_step = copy.deepcopy(projection.state_dict()), steps
-    projection.load_state_dict(best_state)
+        best_state, best_step = copy.deepcopy(head.state_dict()), steps
+    head.load_state_dict(best_state)
     for parameter in embedder.parameters():
         parameter.requires_grad_(True)
     best = next((_recall(row) for row in history if row["step"] == best_step), {})
-    return ProjectionTraining(best_step, best, _recall(history[0]) if history else {}, history)
+    return HeadTraining(best_step, best, _recall(history[0]) if history else {}, history)
 
 
 def _recall(row: dict[str, Any]) -> dict[str, float]:

@@ -7,8 +7,8 @@ its inputs and settings; a stage whose settings changed starts again from an emp
     init       `init_from_bert` on all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384)
     blocks     one block per article: `[CLS] title [SEP] lead [SEP]` cut to `block_tokens` wordpieces
     questions  each article's description -> a question answered by its title; ~10% held out
-    retriever  the embedder's projection (trunk frozen) trained on description questions and lead sentences
-               outside the blocks against every block; the projection best on the dev set is kept
+    retriever  the embedder's retrieval head (pooler + projection; trunk frozen) distilled from the trunk's
+               mean-pooled sentence vectors, no labels; the head best on the dev set is kept
                (`realm.demo.retriever`; the dev curve in `retriever/metrics.jsonl`)
     index      `build_index` with that embedder
     sparse     the BM25 index of the store (`realm index build-sparse`; skipped without bm25s): hybrid retrieval
@@ -73,12 +73,14 @@ class DemoConfig:
         block_tokens: wordpieces of `[CLS] title [SEP] lead [SEP]` (blocks are the lead's beginning).
         question_max_length: question wordpieces, special tokens included.
         holdout_fraction: share of the questions held out for evaluation.
-        retriever_steps, retriever_batch_size, retriever_lr: training of the embedder's projection (the trunk
-            stays as imported) with a softmax over all blocks; see `realm.demo.retriever`.
-        retriever_eval_every: score the dev questions every this many steps; the best projection is kept
+        retriever_steps, retriever_batch_size, retriever_lr: distillation of the trunk's mean-pooled vectors
+            into the embedder's retrieval head (the trunk stays as imported); see `realm.demo.retriever`.
+        retriever_eval_every: score the dev questions every this many steps; the best head is kept
             (the imported one included, so the stage never lowers dev recall).
-        retriever_ict_queries: pseudo-queries from lead sentences outside the blocks, besides the
+        retriever_ict_queries: lead sentences outside the blocks distilled on, besides the blocks and the
             description questions (0: none).
+        hybrid_weight: BM25's weight in the hybrid retrieval (dense + weight * BM25, each min-max normalised over
+            the top 100 of both); chosen on the dev set (README).
         reader_steps, reader_batch_size, reader_lr: `realm.finetune` of the reader.
         reader_train_query_tower: also train the query tower there (off: a few hundred description questions
             would undo the retriever stage's dev-set choice).
@@ -100,10 +102,11 @@ class DemoConfig:
     question_max_length: int = 32
     holdout_fraction: float = 0.1
     retriever_steps: int = 400
-    retriever_batch_size: int = 32
-    retriever_lr: float = 3e-4
+    retriever_batch_size: int = 256
+    retriever_lr: float = 1e-3
     retriever_eval_every: int = 50
     retriever_ict_queries: int = 3000
+    hybrid_weight: float = 0.2
     reader_steps: int = 60
     reader_batch_size: int = 4
     reader_lr: float = 1e-4
@@ -119,7 +122,7 @@ class DemoConfig:
     @classmethod
     def quick(cls, **changes: Any) -> DemoConfig:
         """The reduced run for CI (~1-2 minutes): 500 articles, fewer steps, 50 held-out questions."""
-        values: dict[str, Any] = dict(subset=500, retriever_steps=200, retriever_batch_size=16, reader_steps=15,
+        values: dict[str, Any] = dict(subset=500, retriever_steps=200, retriever_batch_size=64, reader_steps=15,
                                       reader_batch_size=2, eval_questions=50, retriever_ict_queries=500)  # fmt: skip
         values.update(changes)
         return cls(**values)
@@ -264,7 +267,7 @@ def run_demo(
 
     from realm.pipeline import Pipeline
 
-    pipeline = Pipeline.from_pretrained(checkpoint, store, index_dir / "index", sparse=sparse_index,
+    pipeline = Pipeline.from_pretrained(checkpoint, store, index_dir / "index", sparse=sparse_index, weight=config.hybrid_weight,
                                         k=config.reader_beam_size, max_question_length=config.question_max_length)  # fmt: skip
 
     def evaluation(directory: Path) -> dict[str, Any]:
@@ -297,7 +300,7 @@ def run_demo(
         summary["calibration"] = calibrate(pipeline, dev, test)
         return summary
 
-    key = {"reader": reader_fp, "n": config.eval_questions, "dev": dev_key, "sparse": sparse_fp}
+    key = {"reader": reader_fp, "n": config.eval_questions, "dev": dev_key, "sparse": sparse_fp, "weight": config.hybrid_weight}
     _, metrics, _ = stages.run("evaluate", key, evaluation)
     pipeline.temperature = metrics.get("calibration", {}).get("temperature", pipeline.temperature)
     started = time.perf_counter()
@@ -352,10 +355,10 @@ def _train_retriever(
     config: DemoConfig, model_dir: Path, store: Any, articles: list[data.Article], train_path: Path, out: Path,
     progress: bool,
 ) -> dict[str, Any]:  # fmt: skip
-    """Train the embedder's projection (trunk frozen) on description questions and out-of-block lead sentences
-    against every block; keep the projection best on the dev questions; write `embedder/`, `openqa/` (with the
-    BERT-initialised reader) and `metrics.jsonl` (the dev recall curve)."""
-    from realm.demo.retriever import pooled_features, train_projection
+    """Distil the trunk's mean-pooled sentence vectors into the embedder's retrieval head (trunk frozen) over the
+    blocks, out-of-block lead sentences and description questions; keep the head best on the dev questions; write
+    `embedder/`, `openqa/` (with the BERT-initialised reader) and `metrics.jsonl` (the dev recall curve)."""
+    from realm.demo.retriever import distill_head, encoder_features
     from realm.inputs import block_inputs
     from realm.modeling.checkpoint import resolve_weights
     from realm.modeling.embedder import RealmEmbedder
@@ -370,26 +373,26 @@ def _train_retriever(
     everything = list(range(len(store)))
     blocks = [block_inputs(t, b, cls_id, sep_id, config.block_tokens)
               for t, b in zip(store.title_ids(everything), store.token_ids(everything), strict=True)]  # fmt: skip
-    block_features = pooled_features(embedder, blocks, pad_id=pad_id, progress=progress, desc="block features")
+    block_features, block_teacher = encoder_features(embedder, blocks, pad_id=pad_id, progress=progress,
+                                                     desc="block features")  # fmt: skip
 
     block_texts = store.texts(everything)
     texts = {title: block_texts[b] for title, b in block_of.items()}
     described = [json.loads(line) for line in train_path.read_text().splitlines()]
     sentences = data.ict_queries(articles, texts, config.retriever_ict_queries, seed=config.seed)
-    rows = [r for r in described + sentences if r["title"] in block_of]
     dev = data.dev_questions(set(block_of), _dev_path(config))
 
-    def features(questions: list[dict], desc: str) -> torch.Tensor:
+    def features(questions: list[dict], desc: str) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = _question_inputs(tokenizer, [r["question"] for r in questions], config.question_max_length)
-        return pooled_features(embedder, inputs, pad_id=pad_id, progress=progress, desc=desc)
+        return encoder_features(embedder, inputs, pad_id=pad_id, progress=progress, desc=desc)
 
-    def targets(questions: list[dict]) -> torch.Tensor:
-        return torch.tensor([block_of[r["title"]] for r in questions], dtype=torch.long)
-
+    query_features, query_teacher = features(described + sentences, "text features")
+    dev_features = features(dev, "dev features")[0] if dev else None
+    dev_targets = torch.tensor([block_of[r["title"]] for r in dev], dtype=torch.long) if dev else None
     curve: list[dict[str, Any]] = []
-    result = train_projection(
-        embedder, features(rows, "query features"), targets(rows), block_features,
-        dev_features=features(dev, "dev features") if dev else None, dev_targets=targets(dev) if dev else None,
+    result = distill_head(
+        embedder, torch.cat([block_features, query_features]), torch.cat([block_teacher, query_teacher]),
+        block_features, dev_features=dev_features, dev_targets=dev_targets,
         steps=config.retriever_steps, batch_size=config.retriever_batch_size, lr=config.retriever_lr,
         eval_every=config.retriever_eval_every, seed=config.seed, on_eval=curve.append, progress=progress,
     )  # fmt: skip
@@ -401,8 +404,9 @@ def _train_retriever(
     reader.load_checkpoint(resolve_weights(model_dir / "openqa"), prefix="reader.")
     save_openqa(out / "openqa", embedder, reader, embedder.config)
     tokenizer.save_pretrained(out / "openqa")
-    return {"pairs": {"description": len(described), "lead sentences": len(sentences)}, "dev_questions": len(dev),
-            "kept_step": result.best_step, "dev_start": result.start, "dev_kept": result.best}  # fmt: skip
+    return {"texts": {"blocks": len(blocks), "description": len(described), "lead sentences": len(sentences)},
+            "dev_questions": len(dev), "kept_step": result.best_step, "dev_start": result.start,
+            "dev_kept": result.best}  # fmt: skip
 
 
 def gold_recall(pipeline: Any, questions: list[dict], block_of: dict[str, int], ks: tuple[int, ...] = (1, 5, 20),
