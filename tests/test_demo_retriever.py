@@ -10,7 +10,7 @@ import torch
 
 from realm.corpus import BlockStore
 from realm.demo import DemoConfig, run_demo
-from realm.demo.data import Article, dev_questions, ict_queries, read_articles
+from realm.demo.data import Article, cloze_questions, dev_questions, ict_queries, read_articles
 from realm.demo.retriever import distill_head, encoder_features, head_scores, recall_at
 from realm.demo.run import _block_of_title
 from realm.modeling.embedder import RealmEmbedder
@@ -135,3 +135,15 @@ def test_demo_retriever_stage_logs_dev_recall_and_never_lowers_it(tmp_path: Path
     assert result.metrics["dev_answerable"]["count"] == 2
     assert len(dev_questions(path=dev)) == 3 and dev_questions({"Nile"}, dev)[0]["title"] == "Nile"
 
+
+def test_cloze_questions_ask_for_a_span_the_block_states_never_the_title() -> None:
+    article = Article("Angola", "Angola is a country in Southern Africa. Its official language is Portuguese. "
+                      "It has 18 provinces.", "Country in Africa")  # fmt: skip
+    block = {"Angola": "Angola is a country in Southern Africa. Its official language is Portuguese."}
+    rows = cloze_questions([article], block, limit=10, holdout_fraction=0.0)
+    assert rows == [
+        {"question": "angola is a country in what?", "answer": ["Southern Africa"], "title": "Angola"},
+        {"question": "its official language is what?", "answer": ["Portuguese"], "title": "Angola"},
+    ]  # the third sentence is outside the block: its answer could not be read there
+    assert cloze_questions([article], block, limit=10, holdout_fraction=1.0) == []  # held-out articles stay unseen
+    assert len(cloze_questions([article], block, limit=1, holdout_fraction=0.0)) == 1

@@ -243,6 +243,52 @@ def ict_queries(articles: list[Article], block_texts: dict[str, str], limit: int
 DEV_QUESTIONS = "dev.jsonl"
 
 
+_WH = {"date": "when", "number": "how many", "entity": "what"}
+
+
+def cloze_questions(
+    articles: list[Article], block_texts: dict[str, str], limit: int, holdout_fraction: float, seed: int = 0
+) -> list[dict]:
+    """Reading practice the corpus gives: a sentence of an article's block with one salient span (a date, a
+    number, a named entity: `realm.pretrain.masking.find_salient_spans`) turned into a wh-word is a question
+    whose answer, the span, is in that block. "Angola's official language is Portuguese." -> "angola's
+    official language is what?" -> "Portuguese".
+
+    The description questions only ever answer with the title; people also ask for what a block says about
+    its subject (over half of the dev questions whose answer is in the block). Articles that hold out their
+    description question give none (they stay unseen). At most `limit` rows, drawn with `seed`; one span per
+    sentence, never the title itself.
+    """
+    import numpy as np
+
+    from realm.corpus.sentences import split_sentences
+    from realm.pretrain.masking import find_salient_spans
+
+    def words(text: str) -> str:
+        return " ".join(re.findall(r"\w+", text.lower()))
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for article in articles:
+        block = block_texts.get(article.title)
+        if block is None or is_held_out(article.title, holdout_fraction):
+            continue
+        kept, titles = words(block), {words(t) for t in title_answers(article.title)}
+        for sentence in split_sentences(article.extract):
+            if len(sentence.split()) < 4 or words(sentence) not in kept:
+                continue
+            spans = [(a, b, kind) for a, b, kind in find_salient_spans(sentence) if words(sentence[a:b]) not in titles]
+            if not spans:
+                continue
+            start, end, kind = spans[int(rng.integers(len(spans)))]
+            question = f"{sentence[:start]}{_WH[kind]}{sentence[end:]}".strip().rstrip(".!?;:").strip()
+            rows.append({"question": question.lower() + "?", "answer": [sentence[start:end]], "title": article.title})
+    if len(rows) > limit:
+        chosen = rng.choice(len(rows), size=limit, replace=False)
+        rows = [rows[i] for i in sorted(chosen)]
+    return rows
+
+
 def packaged_questions(name: str) -> Any:
     """A question file shipped in `realm/demo/questions/` (dev.jsonl, test.jsonl)."""
     from importlib.resources import files

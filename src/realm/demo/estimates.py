@@ -27,8 +27,8 @@ class StageCost:
     per: str
 
 
-# The full demo's defaults: 150 retriever steps x 32 pairs, 10,033 blocks, 60 reader steps x 4
-# questions, 300 held-out questions. Re-measure the README's figures -> update these with them.
+# Measured with: 10,033 articles, 60 reader steps x 4 questions, 300 held-out questions (the trunk pass over
+# the texts dominates the retriever stage, whatever its training). Re-measure the README's figures -> update these.
 COSTS = {
     # The retriever stage runs the frozen trunk once over every block and training/dev question (the
     # head's distillation steps are cheap), so it scales with the articles.

@@ -12,7 +12,8 @@ its inputs and settings; a stage whose settings changed starts again from an emp
                (`realm.demo.retriever`; the dev curve in `retriever/metrics.jsonl`)
     index      `build_index` with that embedder
     sparse     the BM25 index of the store (`realm index build-sparse`; skipped without bm25s): hybrid retrieval
-    reader     `realm.finetune` of the reader (the query tower too if `reader_train_query_tower`)
+    reader     `realm.finetune` of the reader on the description questions and cloze questions from the
+               blocks' sentences (the query tower too if `reader_train_query_tower`)
     evaluate   held-out recall@k and EM with `realm.eval.evaluate`; gold-article recall@k on the held-out
                description questions and on the dev set of human-style questions, EM on its answerable ones
 
@@ -82,6 +83,8 @@ class DemoConfig:
         hybrid_weight: BM25's weight in the hybrid retrieval (dense + weight * BM25, each min-max normalised over
             the top 100 of both); chosen on the dev set (README).
         reader_steps, reader_batch_size, reader_lr: `realm.finetune` of the reader.
+        reader_cloze_questions: cloze questions from the blocks' sentences (`data.cloze_questions`) read besides
+            the description questions (0: none).
         reader_train_query_tower: also train the query tower there (off: a few hundred description questions
             would undo the retriever stage's dev-set choice).
         searcher_beam_size, reader_beam_size: blocks retrieved for the retriever loss / read (REALM: 5000 / 5).
@@ -107,10 +110,11 @@ class DemoConfig:
     retriever_eval_every: int = 50
     retriever_ict_queries: int = 3000
     hybrid_weight: float = 0.2
-    reader_steps: int = 60
+    reader_steps: int = 150
     reader_batch_size: int = 4
-    reader_lr: float = 1e-4
+    reader_lr: float = 2e-4
     reader_train_query_tower: bool = False
+    reader_cloze_questions: int = 4000
     searcher_beam_size: int = 20
     reader_beam_size: int = 5
     eval_questions: int = 300
@@ -244,9 +248,10 @@ def run_demo(
     def reader(directory: Path) -> dict[str, Any]:
         from realm.finetune import FinetuneConfig, finetune
 
+        train = _reader_questions(config, store, articles, questions_dir / "train.jsonl", directory / "train.jsonl")
         finetune_config = FinetuneConfig(
             model=str(retriever_dir / "openqa"), store=str(blocks_dir / "store"), index=str(index_dir / "index"),
-            train=str(questions_dir / "train.jsonl"), output_dir=str(directory / "run"),
+            train=str(train), output_dir=str(directory / "run"),
             searcher_beam_size=config.searcher_beam_size, reader_beam_size=config.reader_beam_size,
             reader_seq_len=config.reader_seq_len, question_max_length=config.question_max_length,
             batch_size=config.reader_batch_size, lr=config.reader_lr, num_steps=config.reader_steps,
@@ -259,8 +264,8 @@ def run_demo(
         return {"steps": result.step, "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
 
     key = {"index": index_fp, **{k: getattr(config, k) for k in (
-        "reader_steps", "reader_batch_size", "reader_lr", "reader_train_query_tower", "searcher_beam_size",
-        "reader_beam_size", "seed")}}  # fmt: skip
+        "reader_steps", "reader_batch_size", "reader_lr", "reader_train_query_tower", "reader_cloze_questions",
+        "searcher_beam_size", "reader_beam_size", "seed")}}  # fmt: skip
     reader_dir, _, reader_fp = stages.run("reader", key, reader)
     checkpoint = reader_dir / "run" / "last"
     sparse_index, sparse_fp = sparse_stage(stages, blocks_dir / "store", blocks_fp, progress)
@@ -407,6 +412,21 @@ def _train_retriever(
     return {"texts": {"blocks": len(blocks), "description": len(described), "lead sentences": len(sentences)},
             "dev_questions": len(dev), "kept_step": result.best_step, "dev_start": result.start,
             "dev_kept": result.best}  # fmt: skip
+
+
+def _reader_questions(config: DemoConfig, store: Any, articles: list[data.Article], described: Path, out: Path) -> Path:
+    """The reader's training questions: the description questions (answer: the title) and cloze questions from
+    the blocks' own sentences (answer: a date, number or name the block states), shuffled together."""
+    import numpy as np
+
+    rows = [json.loads(line) for line in described.read_text().splitlines()]
+    if config.reader_cloze_questions > 0:
+        block_of = _block_of_title(store, articles)
+        texts = dict(zip(block_of, store.texts(list(block_of.values())), strict=True))
+        rows += data.cloze_questions(articles, texts, config.reader_cloze_questions, config.holdout_fraction, config.seed)
+    order = np.random.default_rng(config.seed).permutation(len(rows))
+    atomic_write_text(out, "".join(json.dumps(rows[i], ensure_ascii=False) + "\n" for i in order))
+    return out
 
 
 def gold_recall(pipeline: Any, questions: list[dict], block_of: dict[str, int], ks: tuple[int, ...] = (1, 5, 20),
