@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-connections", type=int, default=64, help="open connections at once (more: 503)")
     serve.add_argument("--idle-timeout", type=float, default=5.0, help="seconds an idle connection stays open")
     serve.add_argument("--body-timeout", type=float, default=10.0, help="seconds to receive a request body")
+    serve.add_argument("--header-timeout", type=float, default=10.0,
+                       help="seconds to receive a request head (slow clients are cut off)")  # fmt: skip
     serve.set_defaults(run=_serve)
 
     ev = commands.add_parser("evaluate", help="EM / regex EM and retrieval recall@k on a QA JSONL file")

@@ -162,7 +162,7 @@ def _serve(args: argparse.Namespace) -> int:
         allow_reload=args.allow_reload, store=store, index=index, model_name=model, credit=args.credit,
         access_log=args.access_log, api_key_file=args.api_key_file, allowed_hosts=tuple(args.allowed_host),
         max_cost=args.max_cost, max_connections=args.max_connections, idle_timeout_s=args.idle_timeout,
-        body_timeout_s=args.body_timeout,
+        body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout,
     )  # fmt: skip
     try:
         from realm.serve import app  # noqa: F401  (fail before loading the model)

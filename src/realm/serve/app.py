@@ -95,6 +95,7 @@ class _Server:
         self.corpus: Corpus | None = None
         self.start: Corpus | None = None  # the corpus at startup: what SIGHUP reopens
         self.reloads = 0
+        self.api_key_required = config.api_key_file is not None  # the page then shows its key field
         self.batcher = MicroBatcher(
             lambda: self.current().pipeline, config.max_batch_size, config.max_wait_ms, chunk_rows=config.chunk_rows
         )
@@ -341,6 +342,7 @@ async def health(request: Request) -> dict[str, Any]:
             **server.batcher.stats.to_dict(),
         },  # fmt: skip
         "reload": {"allowed": config.allow_reload, "count": server.reloads},
+        "auth": {"api_key": server.api_key_required},
         "credit": config.credit,
     }
 
