@@ -218,7 +218,7 @@ def test_cli_compact_reports_and_refuses(corpus, tmp_path, capsys) -> None:  # n
     assert f"{len(gone)} removed blocks keep their rows" in out and "--store <store>" in out
     assert main(["index", "compact", "--index", str(setup["index"]), "--store", str(setup["store"])]) == 0
     out = capsys.readouterr().out
-    assert f"{len(gone)} removed blocks dropped" in out and "id-map.npy" in out and "realm index build-sparse" in out
+    assert f"{len(gone)} removed blocks dropped" in out and "compacted-dropped.npy" in out and "realm index build-sparse" in out
     from realm.index.embeddings import write_manifest
 
     other, _ = removed_setup(corpus, tmp_path / "other")  # an index that names another store: refused

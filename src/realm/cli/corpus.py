@@ -162,7 +162,7 @@ def add_live_verbs(index: Any) -> None:
     remove.add_argument("--titles-from", help="a UTF-8 file with one title per line")
     remove.set_defaults(run=_index_remove)
     compact = index.add_parser(
-        "compact", help="with --store: drop removed blocks from store and index (ids renumbered, id-map.npy); "
+        "compact", help="with --store: drop removed blocks from store and index (ids renumbered; compacted-dropped.npy maps them); "
         "without: merge appended segments",
     )  # fmt: skip
     compact.add_argument("--index", required=True, help="the index directory")
@@ -227,7 +227,7 @@ def _index_compact(args: argparse.Namespace) -> int:
     print(
         f"{args.store} and {args.index}: {result.removed:,} removed blocks dropped ({result.blocks_before:,} -> "
         f"{result.blocks_after:,} blocks); store segments {sb:,} -> {sa:,} bytes, index {ib:,} -> {ia:,} bytes\n"
-        "  block ids are renumbered: id-map.npy in both directories holds the old id of each new one"
+        "  block ids are renumbered: compacted-dropped.npy in both directories lists the dropped old ids (new id i = the i-th old id kept)"
     )
     for note in result.notes:
         print(f"  {note}")

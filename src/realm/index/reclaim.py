@@ -4,9 +4,11 @@
 
 Removal only hides blocks (tombstones: `realm.corpus.removal`, `realm.index.live`); `reclaim` drops them
 from both directories. Block ids change: the kept blocks are renumbered 0..M-1 in their old order. The
-mapping is explicit: `id-map.npy` (int64 [M], the old id of each new id) is written into both new
-directories, and both manifests name it under "compacted" ({"from": the old store's fingerprint,
-"id_map": file name, "removed": R, "blocks_before": N}); `read_id_map` and `old_to_new` read it. The map
+mapping is explicit: `compacted-dropped.npy` (sorted int64 [R], the old ids of the dropped blocks) is
+written into both new directories, and both manifests name it under "compacted" ({"from": the old store's
+fingerprint, "dropped": file name, "removed": R, "blocks_before": N}); new id i is the i-th old id not
+dropped. `read_id_map` returns that map ([M]: the old id of each new id) and `old_to_new` inverts it. (R
+ids, not M: a map of every kept block would cost 8 bytes a block, more than a small removal frees.) The map
 is relative to the store the compaction started from (a second compaction maps to the first one's ids).
 The store's writer lock is held throughout: an append or removal meanwhile is refused, not lost.
 
@@ -60,7 +62,7 @@ from realm.index.live import SegmentRows, open_segments, removed_ids
 logger = logging.getLogger(__name__)
 
 COMPACTED_KEY = "compacted"
-ID_MAP_NAME = "id-map.npy"
+DROPPED_NAME = "compacted-dropped.npy"
 COPY_ROWS = 1 << 16  # rows (and blocks) copied per step: memory stays bounded for any N
 
 
@@ -88,10 +90,13 @@ def read_id_map(directory: str | os.PathLike[str]) -> np.ndarray | None:
     entry = data.get(COMPACTED_KEY) if isinstance(data, dict) else None
     if not entry:
         return None
-    ids = np.load(directory / entry["id_map"], allow_pickle=False)
-    if ids.dtype != np.int64 or ids.ndim != 1 or np.any(np.diff(ids) <= 0):
-        raise ValueError(f"{directory / entry['id_map']} is not an increasing int64 id map; the directory is damaged")
-    return ids
+    file, before = directory / entry["dropped"], int(entry["blocks_before"])
+    dropped = np.load(file, allow_pickle=False)
+    if dropped.dtype != np.int64 or dropped.ndim != 1 or len(dropped) != int(entry["removed"]) or (
+        len(dropped) and (np.any(np.diff(dropped) <= 0) or dropped[0] < 0 or dropped[-1] >= before)
+    ):
+        raise ValueError(f"{file} does not hold the {entry['removed']} sorted ids its manifest says; the directory is damaged")
+    return np.setdiff1d(np.arange(before, dtype=np.int64), dropped)
 
 
 def old_to_new(id_map: np.ndarray, old_ids: np.ndarray) -> np.ndarray:
@@ -150,9 +155,9 @@ def _reclaim(store_dir: Path, index_dir: Path, sparse_dir: str | os.PathLike[str
     for path in (staged(store_dir), staged(index_dir)):  # left by a run killed before its first exchange
         shutil.rmtree(path, ignore_errors=True)
         remove_stale_temporaries(path)
-    compacted = {"from": store.fingerprint, "id_map": ID_MAP_NAME, "removed": int(len(gone)), "blocks_before": len(store)}
-    new_store = _stage_store(store, keep, staged(store_dir), compacted)
-    _stage_index(index_dir, manifest, keep, staged(index_dir), new_store, compacted)
+    compacted = {"from": store.fingerprint, "dropped": DROPPED_NAME, "removed": int(len(gone)), "blocks_before": len(store)}
+    new_store = _stage_store(store, keep, gone, staged(store_dir), compacted)
+    _stage_index(index_dir, manifest, keep, gone, staged(index_dir), new_store, compacted)
     _publish(store_dir, index_dir)
     result.blocks_after, result.removed = len(keep), int(len(gone))
     result.store_bytes = (before[0], _store_bytes(store_dir))
@@ -178,14 +183,16 @@ def _kept_blocks(store: BlockStore, keep: np.ndarray) -> Iterator[Any]:
         yield from store.get(keep[lo : lo + COPY_ROWS])
 
 
-def _stage_store(store: BlockStore, keep: np.ndarray, path: Path, compacted: dict[str, Any]) -> BlockStore:
+def _stage_store(
+    store: BlockStore, keep: np.ndarray, gone: np.ndarray, path: Path, compacted: dict[str, Any]
+) -> BlockStore:
     old = store.manifest
     create_store(
         path, _kept_blocks(store, keep), store.load_tokenizer(), max_block_tokens=old.get("max_block_tokens"),
         overwrite=False, source_fingerprint=old.get("source_fingerprint"),
         build_info={"compacted_from": store.fingerprint}, batch_rows=int(old["batch_rows"]),
     )  # fmt: skip
-    atomic_save_npy(path / ID_MAP_NAME, keep)
+    atomic_save_npy(path / DROPPED_NAME, gone)
     manifest = read_store_manifest(path)
     manifest[COMPACTED_KEY] = compacted
     write_json_atomic(path / MANIFEST_NAME, manifest)
@@ -194,7 +201,13 @@ def _stage_store(store: BlockStore, keep: np.ndarray, path: Path, compacted: dic
 
 
 def _stage_index(
-    index_dir: Path, manifest: IndexManifest, keep: np.ndarray, path: Path, store: BlockStore, compacted: dict[str, Any]
+    index_dir: Path,
+    manifest: IndexManifest,
+    keep: np.ndarray,
+    gone: np.ndarray,
+    path: Path,
+    store: BlockStore,
+    compacted: dict[str, Any],
 ) -> None:
     parts, _ = open_segments(index_dir)
     rows = SegmentRows(parts)
@@ -207,7 +220,7 @@ def _stage_index(
             out[lo : lo + COPY_ROWS] = rows.take(keep[lo : lo + COPY_ROWS]).astype(manifest.dtype)
         out.flush()
         del out
-        atomic_save_npy(tmp / ID_MAP_NAME, keep)
+        atomic_save_npy(tmp / DROPPED_NAME, gone)
         extra = {k: v for k, v in manifest.extra.items() if k not in ("segments", "removed", "base_file")}
         extra["store_fingerprint"] = store.fingerprint
         if isinstance(extra.get("build_plan"), dict):  # a later `realm index build` resumes against these
