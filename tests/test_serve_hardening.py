@@ -20,7 +20,9 @@ from realm.index.build import IndexBuildConfig, build_index
 from realm.pipeline import Pipeline
 from realm.serve import ServeConfig
 from realm.serve.guard import exposure_warning
-from tests.test_serve import CASE, OTHER_TEXTS, RecordingPipeline, make_store, serving
+from tests.test_serve import CASE, OTHER_TEXTS, REPO, RecordingPipeline, free_port, make_store, serving
+
+SRC = REPO / "src"
 
 KEY = "k" * 24
 
@@ -128,10 +130,11 @@ def test_reload_needs_json_and_our_host_and_does_not_tell_which_paths_exist(pipe
         assert r.status_code == 200
 
 
-def test_api_key_guards_every_route_but_health(pipeline, corpora) -> None:
+def test_api_key_guards_every_route_but_health_and_the_page(pipeline, corpora) -> None:
     with serving(pipeline, api_key_file=str(corpora["key"])) as url, httpx.Client(base_url=url, timeout=60) as client:
-        assert client.get("/health").status_code == 200
-        for method, path in (("POST", "/ask"), ("POST", "/search"), ("GET", "/"), ("GET", "/openapi.json")):
+        assert client.get("/health").json()["auth"] == {"api_key": True}
+        assert client.get("/").status_code == 200 and 'id="api-key"' in client.get("/").text  # static, no data
+        for method, path in (("POST", "/ask"), ("POST", "/search"), ("GET", "/openapi.json"), ("GET", "/docs")):
             r = client.request(method, path, json={"question": "x"})
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (path, r.text)
         r = client.post("/ask", json={"question": "paris?"}, headers={"authorization": "Bearer " + "k" * 23 + "x"})
@@ -205,6 +208,52 @@ def test_header_body_and_idle_timeouts_and_the_connection_limit(pipeline) -> Non
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
 
 
+def test_realm_serve_cuts_off_a_client_trickling_its_head(corpora) -> None:
+    """The `realm serve` command itself (not only `uvicorn_config` in a thread): uvicorn's default httptools
+    protocol has no head timeout, so a client sending a header byte every 0.2 s would hold a connection for
+    ever; ours closes it at --header-timeout although bytes keep coming."""
+    import os
+    import subprocess
+    import sys
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "realm.cli", "serve", "--model", str(CASE), "--store", str(corpora["store_a"]),
+               "--index", str(corpora["index_a"]), "--port", str(port), "--header-timeout", "1.5"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr and process.stderr.read()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            start = time.monotonic()
+            cut = None
+            for byte in head:
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:  # reset: the server closed the connection
+                    cut = time.monotonic() - start
+                    break
+                sock.settimeout(0.2)
+                try:
+                    if sock.recv(4096) == b"":  # closed
+                        cut = time.monotonic() - start
+                        break
+                except TimeoutError:
+                    pass
+        assert cut is not None and 1.0 < cut < 4.0, cut
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200  # still serving
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def test_a_client_that_hangs_up_mid_body_is_one_log_line(pipeline, caplog) -> None:
     with caplog.at_level(logging.INFO), serving(pipeline) as url:
         for _ in range(5):
@@ -245,8 +294,8 @@ def test_a_heavy_request_does_not_stall_a_light_one(pipeline) -> None:
         light_seconds, heavy_seconds, responses = asyncio.run(run(url))
     assert [r.status_code for r in responses] == [200, 200]
     assert len(responses[1].json()["answers"]) == 32
-    # The heavy request ran as bounded calls (16 x 5 = 80 rows: 10 questions at k = 8) ...
-    assert max(n * k for n, k in slow.calls if k == 8) <= 80 and len([c for c in slow.calls if c[1] == 8]) >= 4
+    # The heavy request ran as bounded calls (chunk_rows = 20: 2 questions at k = 8) ...
+    assert max(n * k for n, k in slow.calls if k == 8) <= 20 and len([c for c in slow.calls if c[1] == 8]) >= 16
     # ... and the light one was served between two of them, long before the heavy one finished.
     assert slow.calls.index((1, 2)) < len(slow.calls) - 1, slow.calls
     assert light_seconds < heavy_seconds / 2, (light_seconds, heavy_seconds)

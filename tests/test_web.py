@@ -133,6 +133,44 @@ def test_ask_in_the_browser(driver, pipeline, tmp_path) -> None:
 
 
 @pytest.mark.slow
+def test_api_key_field_in_the_browser(driver, pipeline, tmp_path) -> None:
+    """With --api-key-file the page shows a key field; the key is sent as `Authorization: Bearer` and kept for
+    the tab (sessionStorage: it survives a reload of the page). Without a key, no field."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    key = "s3cret-" + "x" * 20
+    (tmp_path / "key").write_text(key + "\n")
+    expected = pipeline.ask([QUESTION])[0]
+    with serving(pipeline, api_key_file=str(tmp_path / "key")) as url:
+        wait = WebDriverWait(driver, 30)
+        driver.get(url + "/")
+        wait.until(lambda d: d.find_element(By.ID, "api-key").is_displayed())
+        driver.find_element(By.ID, "question").send_keys(QUESTION)
+        driver.find_element(By.ID, "submit").click()  # no key yet: the server's 401 is shown
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "401"))
+        driver.find_element(By.ID, "api-key").send_keys("wrong-key-" + "y" * 10)
+        driver.find_element(By.ID, "submit").click()
+        wait.until(lambda d: "401" in d.find_element(By.ID, "status").text and "API key" in d.find_element(By.ID, "status").text)
+        driver.find_element(By.ID, "api-key").clear()
+        driver.find_element(By.ID, "api-key").send_keys(key)
+        driver.find_element(By.ID, "submit").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Answered"))
+        assert driver.find_element(By.ID, "answer").text == expected.text
+        driver.refresh()  # the key is kept for the session
+        wait.until(lambda d: d.find_element(By.ID, "api-key").get_attribute("value") == key)
+        driver.find_element(By.ID, "question").send_keys(QUESTION)
+        driver.find_element(By.ID, "submit").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Answered"))
+        assert driver.execute_script("return sessionStorage.getItem('realm-api-key')") == key
+    with serving(pipeline) as url:  # no key needed: no field
+        driver.get(url + "/")
+        WebDriverWait(driver, 30).until(lambda d: "8 blocks" in d.find_element(By.ID, "corpus").text)
+        assert not driver.find_element(By.ID, "api-key").is_displayed()
+
+
+@pytest.mark.slow
 def test_api_docs_offline_in_the_browser(driver, pipeline) -> None:
     """Swagger UI at /docs renders every operation from assets this server sends, and its "Try it out"
     reaches the API."""

@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-k", type=int, default=20, help="the largest k a request may ask for")
     serve.add_argument("--max-batch-size", type=int, default=16, help="questions per model call (1: no batching)")
     serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    serve.add_argument("--chunk-rows", type=int, default=20,
+                       help="reader rows (questions x k) a model call takes from one request: bounds a light request's wait")  # fmt: skip
     serve.add_argument("--max-questions", type=int, default=32, help="questions per request")
     serve.add_argument("--max-question-chars", type=int, default=1000, help="characters per question")
     serve.add_argument("--allow-reload", action="store_true", help="enable POST /reload (opens server paths)")
@@ -180,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-connections", type=int, default=64, help="open connections at once (more: 503)")
     serve.add_argument("--idle-timeout", type=float, default=5.0, help="seconds an idle connection stays open")
     serve.add_argument("--body-timeout", type=float, default=10.0, help="seconds to receive a request body")
+    serve.add_argument("--header-timeout", type=float, default=10.0,
+                       help="seconds to receive a request head (slow clients are cut off)")  # fmt: skip
     serve.set_defaults(run=_serve)
 
     ev = commands.add_parser("evaluate", help="EM / regex EM and retrieval recall@k on a QA JSONL file")

@@ -157,11 +157,12 @@ def _serve(args: argparse.Namespace) -> int:
         store, index, model = str(named.store), str(named.index), str(named.model)
     config = ServeConfig(
         host=args.host, port=args.port, k=args.k, max_k=args.max_k, max_batch_size=args.max_batch_size,
-        max_wait_ms=args.max_wait_ms, max_questions=args.max_questions, max_question_chars=args.max_question_chars,
+        max_wait_ms=args.max_wait_ms, chunk_rows=args.chunk_rows, max_questions=args.max_questions,
+        max_question_chars=args.max_question_chars,
         allow_reload=args.allow_reload, store=store, index=index, model_name=model, credit=args.credit,
         access_log=args.access_log, api_key_file=args.api_key_file, allowed_hosts=tuple(args.allowed_host),
         max_cost=args.max_cost, max_connections=args.max_connections, idle_timeout_s=args.idle_timeout,
-        body_timeout_s=args.body_timeout,
+        body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout,
     )  # fmt: skip
     try:
         from realm.serve import app  # noqa: F401  (fail before loading the model)

@@ -161,8 +161,13 @@ def add_live_verbs(index: Any) -> None:
     remove.add_argument("--doc-id", action="append", type=int, default=[], help="a document id (repeatable)")
     remove.add_argument("--titles-from", help="a UTF-8 file with one title per line")
     remove.set_defaults(run=_index_remove)
-    compact = index.add_parser("compact", help="merge appended segments, delete files no manifest names")
+    compact = index.add_parser(
+        "compact", help="with --store: drop removed blocks from store and index (ids renumbered; compacted-dropped.npy maps them); "
+        "without: merge appended segments",
+    )  # fmt: skip
     compact.add_argument("--index", required=True, help="the index directory")
+    compact.add_argument("--store", help="the store it was built from: rewrite both without the removed blocks")
+    compact.add_argument("--sparse", help="with --store: the store's BM25 index, rebuilt over the compacted store")
     compact.set_defaults(run=_index_compact)
 
 
@@ -197,10 +202,35 @@ def _index_remove(args: argparse.Namespace) -> int:
 
 
 def _index_compact(args: argparse.Namespace) -> int:
+    from realm.index.live import removed_ids
     from realm.index.update import compact_index
 
-    merged = compact_index(args.index)
-    print(f"{args.index}: {merged} appended segment(s) merged; unreferenced files deleted (block ids unchanged)")
+    if args.store is None:
+        if args.sparse:
+            raise SystemExit("realm index compact: --sparse needs --store (the BM25 index is rebuilt from it)")
+        merged = compact_index(args.index)
+        print(f"{args.index}: {merged} appended segment(s) merged; unreferenced files deleted (block ids unchanged)")
+        removed = len(removed_ids(args.index))
+        if removed:
+            print(f"  {removed:,} removed blocks keep their rows (filtered at search); drop them from the store and "
+                  f"the index with: realm index compact --index {args.index} --store <store>")  # fmt: skip
+        return 0
+    from realm.index.reclaim import reclaim
+
+    result = reclaim(args.store, args.index, sparse_dir=args.sparse)
+    if result.finished_interrupted:
+        print("finished an interrupted compaction (the store was published, the index not yet)")
+    if not result.removed:
+        print(f"{args.store} and {args.index}: no removed blocks; nothing to reclaim")
+        return 0
+    (sb, sa), (ib, ia) = result.store_bytes, result.index_bytes
+    print(
+        f"{args.store} and {args.index}: {result.removed:,} removed blocks dropped ({result.blocks_before:,} -> "
+        f"{result.blocks_after:,} blocks); store segments {sb:,} -> {sa:,} bytes, index {ib:,} -> {ia:,} bytes\n"
+        "  block ids are renumbered: compacted-dropped.npy in both directories lists the dropped old ids (new id i = the i-th old id kept)"
+    )
+    for note in result.notes:
+        print(f"  {note}")
     return 0
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from realm.atomic import atomic_save_npy
 from realm.corpus.segments import MANIFEST_NAME, read_manifest, write_json_atomic
+from realm.corpus.writer import _writer_lock  # the store's one writer lock
 
 REMOVED_KEY = "removed"
 
@@ -74,6 +75,11 @@ def removed_file_name(ids: np.ndarray) -> str:
 def remove_blocks(path: str | os.PathLike[str], block_ids: np.ndarray) -> int:
     """Add `block_ids` to the store's removed set (idempotent). Returns how many were newly removed."""
     path = Path(path)
+    with _writer_lock(path):  # not while an append or a compaction rewrites the store
+        return _remove_blocks(path, block_ids)
+
+
+def _remove_blocks(path: Path, block_ids: np.ndarray) -> int:
     manifest = read_manifest(path)
     old = store_removed_ids(path, manifest)
     ids = np.union1d(old, np.asarray(block_ids, dtype=np.int64)).astype(np.int64)

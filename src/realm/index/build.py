@@ -117,8 +117,14 @@ def check_index(
         f"realm index build --store {store_dir or '<store>'} --embedder {embedder_path or '<embedder>'} "
         f"--out {index_dir}"
     )
-    check_index_size(manifest.count, len(store), name=str(index_dir), rebuild=rebuild)
     built_from = manifest.extra.get("store_fingerprint")
+    compacted = (getattr(store, "manifest", None) or {}).get("compacted") or {}
+    if built_from is not None and compacted.get("from") == built_from:  # killed between the two exchanges
+        raise ValueError(
+            f"{store_dir or 'the store'} was compacted but {index_dir} not yet (an interrupted `realm index "
+            f"compact`); finish it with: realm index compact --store {store_dir or '<store>'} --index {index_dir}"
+        )
+    check_index_size(manifest.count, len(store), name=str(index_dir), rebuild=rebuild)
     fingerprint = getattr(store, "fingerprint", None)
     if built_from is not None and fingerprint is not None and built_from != fingerprint:
         raise ValueError(f"{index_dir} was built from a different block store; rebuild it with: {rebuild}")

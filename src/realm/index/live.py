@@ -11,8 +11,9 @@ files are complete on disk before the manifest (renamed atomically) names them: 
 commit point, so a reader opening the directory at any moment sees the old state or the new one, never
 a half. Files the manifest no longer names are swept by `realm index compact`.
 
-Block ids never change: a removed block keeps its id and its row (its row is simply never returned);
-`compact` merges the segments into one matrix and keeps every row, so ids stay stable for ever.
+Block ids never change here: a removed block keeps its id and its row (its row is simply never returned);
+`compact_index` merges the segments into one matrix and keeps every row. Reclaiming the removed blocks'
+space renumbers the kept ones, with an explicit id map: `realm.index.reclaim`.
 
 `FilteredIndex(index, removed)` applies the tombstones to any index: it asks the inner index for
 k + R hits (R = removed blocks, at most N), drops the removed ones and keeps the best k, so an exact

@@ -95,7 +95,10 @@ class _Server:
         self.corpus: Corpus | None = None
         self.start: Corpus | None = None  # the corpus at startup: what SIGHUP reopens
         self.reloads = 0
-        self.batcher = MicroBatcher(lambda: self.current().pipeline, config.max_batch_size, config.max_wait_ms)
+        self.api_key_required = config.api_key_file is not None  # the page then shows its key field
+        self.batcher = MicroBatcher(
+            lambda: self.current().pipeline, config.max_batch_size, config.max_wait_ms, chunk_rows=config.chunk_rows
+        )
         self.reload_lock = asyncio.Lock()
 
     def current(self) -> Corpus:
@@ -268,7 +271,7 @@ async def index_page(request: Request) -> HTMLResponse:
     return HTMLResponse(_server(request).page)
 
 
-async def ask(request: Request) -> dict[str, Any]:
+async def ask(request: Request) -> JSONResponse:
     """Body: `{"question": str}` or `{"questions": [str, ...]}`, optional `"k"` (blocks read) and `"threshold"`
     (answers whose probability is below it come back with `"sure": false`: show them as "not sure").
     Concurrent requests are answered in one batched model call."""
@@ -284,13 +287,14 @@ async def ask(request: Request) -> dict[str, Any]:
     except RuntimeError as err:
         raise ApiError(503, None, str(err)) from None
     # "sure" is the one field the threshold decides: requests with different thresholds share a model call.
-    answers = [dataclasses.replace(a, sure=a.probability >= threshold) for a in answers]
-    return {
-        "answers": [a.to_dict() for a in answers],
-        "k": k,
-        "threshold": threshold,
-        "seconds": round(time.perf_counter() - started, 4),
-    }
+    seconds = round(time.perf_counter() - started, 4)
+
+    def respond() -> JSONResponse:
+        marked = [dataclasses.replace(a, sure=a.probability >= threshold) for a in answers]
+        return JSONResponse({"answers": [a.to_dict() for a in marked], "k": k, "threshold": threshold, "seconds": seconds})
+
+    # A heavy answer is megabytes of JSON: encoding it on the event loop would hold up every other request.
+    return await asyncio.to_thread(respond)
 
 
 async def search(request: Request) -> dict[str, Any]:
@@ -334,9 +338,11 @@ async def health(request: Request) -> dict[str, Any]:
         "batching": {
             "max_batch_size": config.max_batch_size,
             "max_wait_ms": config.max_wait_ms,
+            "chunk_rows": config.chunk_rows,
             **server.batcher.stats.to_dict(),
         },  # fmt: skip
         "reload": {"allowed": config.allow_reload, "count": server.reloads},
+        "auth": {"api_key": server.api_key_required},
         "credit": config.credit,
     }
 

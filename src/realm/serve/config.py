@@ -16,6 +16,9 @@ class ServeConfig:
         max_k: the largest `k` a request may ask for.
         max_batch_size: questions per model call; 1 turns micro-batching off.
         max_wait_ms: how long the first request of a batch waits for others to join it.
+        chunk_rows: reader rows (questions x k) one model call takes from big requests (of more rows than
+            this) all together, one question at least: how long a light request can wait behind heavy ones
+            (`realm.serve.batching`).
         max_questions: questions per request (more: 413).
         max_question_chars: characters per question (more: 422). Questions longer than the pipeline's
             `max_question_length` tokens are truncated by the tokenizer, as in `Pipeline.ask`.
@@ -44,6 +47,7 @@ class ServeConfig:
     max_k: int = 20
     max_batch_size: int = 16
     max_wait_ms: float = 5.0
+    chunk_rows: int = 20
     max_questions: int = 32
     max_question_chars: int = 1000
     max_body_bytes: int = 1 << 20
@@ -64,7 +68,7 @@ class ServeConfig:
     max_header_bytes: int = 16384
 
     def __post_init__(self) -> None:
-        for name in ("max_k", "max_batch_size", "max_questions", "max_question_chars", "max_body_bytes", "max_cost",
+        for name in ("max_k", "max_batch_size", "chunk_rows", "max_questions", "max_question_chars", "max_body_bytes", "max_cost",
                      "max_connections", "max_header_bytes"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"ServeConfig.{name} must be >= 1, got {getattr(self, name)}")

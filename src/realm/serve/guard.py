@@ -2,7 +2,7 @@
 
 - `GuardMiddleware` (pure ASGI, before routing): the `Host` header must name this server (loopback names,
   the bound address, or `ServeConfig.allowed_hosts`), against DNS rebinding; with an API key, every route
-  but `/health` needs `Authorization: Bearer KEY` or `X-API-Key: KEY` (compared in constant time);
+  but `/health` and the page at `/` needs `Authorization: Bearer KEY` or `X-API-Key: KEY` (compared in constant time);
   `POST /reload` needs `Content-Type: application/json` (a cross-origin page can send `text/plain` without
   a preflight, never JSON). Refusals are JSON errors like the handlers' own.
 - `uvicorn_config`: idle keep-alive timeout, a limit on open connections (503 beyond), a bound on the
@@ -28,7 +28,9 @@ Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
-OPEN_PATHS = ("/health",)  # reachable without the API key (a load balancer's probe)
+# Reachable without the API key: the probe of a load balancer, and the page (static HTML holding no data: a
+# browser cannot send a header when it opens a URL, so the page asks for the key and sends it with each call).
+OPEN_PATHS = ("/health", "/")
 
 
 def is_loopback(host: str) -> bool:
