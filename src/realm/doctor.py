@@ -16,13 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from realm.modeling.inference import CPU_FLAGS, cpu_flags  # noqa: F401  (re-exported: realm doctor lists them)
+
 # Debian's paths; the browser test (tests/test_web.py) drives exactly these.
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 BROWSER_INSTALL = "apt-get install chromium chromium-driver"
-
-# CPU flags (as /proc/cpuinfo names them) that decide the fast bfloat16 / int8 paths on CPU.
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
 # Optional packages: (shown name, import name, distribution names to read the version from, what uses it).
 OPTIONAL = (
@@ -136,20 +135,6 @@ def environment_report() -> EnvironmentReport:
         cache_bytes=cache_bytes,
         cache_files=cache_files,
     )
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, bool] | None:
-    """Each of `CPU_FLAGS` -> whether the first CPU's `flags` line lists it; None if there is no such file."""
-    try:
-        text = cpuinfo.read_text(errors="replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            present = set(value.split())
-            return {flag: flag in present for flag in CPU_FLAGS}
-    return None
 
 
 def package_version(module: str, dists: tuple[str, ...]) -> str | None:

@@ -44,6 +44,7 @@ from realm.index.hybrid import (
 from realm.index.sparse import SparseIndex
 from realm.modeling.checkpoint import resolve_weights
 from realm.modeling.embedder import RealmEmbedder
+from realm.modeling.inference import InferenceConfig, autocast, quantize_trunk
 from realm.modeling.reader import RealmReader
 from realm.objectives import top_joint_spans
 from realm.qa import Retrieval, read, retrieve
@@ -193,6 +194,8 @@ class Pipeline:
         marginal_spans: M, the most probable (block, span) pairs summed into answer probabilities.
         temperature: divides the joint scores before the answer probability is taken (1: the reader's own;
             fitted on a dev set by `realm.eval.calibration.fit_temperature`).
+        inference: length buckets and the fast mode (`realm.modeling.inference.InferenceConfig`; default
+            float32 with length buckets). Its int8 part quantises the reader's trunk in place.
     """
 
     def __init__(
@@ -207,6 +210,7 @@ class Pipeline:
         threshold: float = DEFAULT_THRESHOLD,
         marginal_spans: int = MARGINAL_SPANS,
         temperature: float = 1.0,
+        inference: InferenceConfig | None = None,
     ) -> None:
         check_index_size(len(index), len(store), rebuild=f"realm index build --store {store.path} --embedder <embedder> --out <index>")
         check_sparse_store(index, store)  # a hybrid's BM25 half must come from this store too
@@ -227,6 +231,9 @@ class Pipeline:
         self.threshold = float(threshold)
         self.marginal_spans = marginal_spans
         self.temperature = float(temperature)
+        self.inference = inference or InferenceConfig()
+        if self.inference.uses_int8(self.reader.device):
+            quantize_trunk(self.reader.realm.encoder)  # the query tower stays float32 (see InferenceConfig)
 
     @classmethod
     def from_pretrained(
@@ -256,7 +263,8 @@ class Pipeline:
             fusion, depth, weight: the hybrid's fusion ("weighted" or "rrf"), hits per list, BM25 weight
                 (None: the bundle's, else `HybridIndex`'s defaults: weighted, 100, 0.5).
             device: where the models run.
-            kwargs: `k`, `max_question_length`, `tokenizer`, `threshold`, `marginal_spans`, `temperature`.
+            kwargs: `k`, `max_question_length`, `tokenizer`, `threshold`, `marginal_spans`, `temperature`,
+                `inference`.
         """
         if store is None and index is None:
             if not is_bundle(model):
@@ -313,10 +321,11 @@ class Pipeline:
         encoded = self.tokenizer(
             questions, padding=True, truncation=True, max_length=self.max_question_length, return_tensors="pt"
         ).to(self.device)
-        return retrieve(
-            self.embedder, self.index, encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"],
-            k=min(k, len(self.store)), texts=questions,
-        )  # fmt: skip
+        with autocast(self.inference, self.device):
+            return retrieve(
+                self.embedder, self.index, encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"],
+                k=min(k, len(self.store)), texts=questions, bucket_rows=self.inference.bucket_rows,
+            )  # fmt: skip
 
     @torch.inference_mode()
     def read(self, questions: list[str], retrieved: Retrieval, k: int | None = None) -> list[Answer]:
@@ -332,10 +341,11 @@ class Pipeline:
     def _read(self, questions: list[str], retrieved: Retrieval, k: int | None) -> list[tuple[Answer, AnswerMass]]:
         k = min(k or self.k, retrieved.block_ids.shape[1])
         logits, block_ids = retrieved.retrieval_logits[:, :k], retrieved.block_ids[:, :k]  # [B, K]
-        reading = read(
-            self.reader, self.retriever, block_ids, retrieved.question_ids[:, None], logits,
-            max_length=self.reader.config.reader_seq_len,
-        )  # fmt: skip
+        with autocast(self.inference, self.device):
+            reading = read(
+                self.reader, self.retriever, block_ids, retrieved.question_ids[:, None], logits,
+                max_length=self.reader.config.reader_seq_len, bucket_rows=self.inference.bucket_rows,
+            )  # fmt: skip
         token_type_ids, attention_mask = reading.inputs["token_type_ids"], reading.inputs["attention_mask"]  # [B, K, T]
         answers: list[tuple[Answer, AnswerMass]] = []
         for b, question in enumerate(questions):

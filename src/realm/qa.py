@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from realm.index.base import MISSING_ID, Index
+from realm.modeling.inference import run_bucketed
 from realm.modeling.outputs import RealmReaderOutput
 from realm.retrieval import ReaderInputs, RealmRetriever, stack_reader_inputs
 
@@ -76,6 +77,7 @@ def retrieve(
     null_block: bool = False,
     embed_blocks: Callable[[Tensor], Tensor] | None = None,
     timer: Timer | None = None,
+    bucket_rows: int = 0,
 ) -> Retrieval:
     """Embed the questions, search the index, and score the blocks found.
 
@@ -94,6 +96,8 @@ def retrieve(
             or a document tower re-embedding them). None: the search's own scores are the logits (inference:
             no gradient, no second product).
         timer: a context manager factory timing the parts "search" and "reembed" (pre-training's logs).
+        bucket_rows: embed the questions in length buckets of this many rows (0: one padded call;
+            `realm.modeling.inference.run_bucketed`).
     Raises:
         RuntimeError: the index returned fewer usable blocks than asked (an approximate index searching too
             little of itself).
@@ -101,7 +105,12 @@ def retrieve(
     timed = timer or (lambda part: nullcontext())
     if token_type_ids is None:
         token_type_ids = torch.zeros_like(input_ids)
-    query = embedder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).projected_score  # [B, D]
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    query = run_bucketed(
+        lambda ids, mask, types: embedder(ids, attention_mask=mask, token_type_ids=types).projected_score,
+        input_ids, attention_mask, token_type_ids, bucket_rows,
+    )  # [B, D]  # fmt: skip
     with timed("search"):
         block_ids, scores = search_blocks(index, query, k, texts=texts, exclude=exclude, null_block=null_block)
     if embed_blocks is None:
@@ -208,6 +217,7 @@ def read(
     answer_ids: Sequence[Any] | None = None,
     has_answers: Sequence[Any] | None = None,
     num_read: int | None = None,
+    bucket_rows: int = 0,
 ) -> Reading:
     """Build the (question, block) reader inputs, run the trunk over the first R blocks in one call, score spans.
 
@@ -222,6 +232,7 @@ def read(
         has_answers: per question [K] the retriever loss's positives; default the retriever's own labels of
             the K' blocks encoded.
         num_read: R, the first blocks read (default all K').
+        bucket_rows: run the trunk over the B x R rows in length buckets of this many rows (0: one padded call).
     """
     batch = block_ids.shape[0]
     encoded = [
@@ -233,7 +244,7 @@ def read(
     inputs = stack_reader_inputs([e.concat_inputs for e in encoded], retriever.tokenizer.pad_token_id, reader.device)
     r = block_ids.shape[1] if num_read is None else min(num_read, block_ids.shape[1])
     hidden = reader.encode_blocks(
-        inputs["input_ids"][:, :r], inputs["attention_mask"][:, :r], inputs["token_type_ids"][:, :r]
+        inputs["input_ids"][:, :r], inputs["attention_mask"][:, :r], inputs["token_type_ids"][:, :r], bucket_rows
     )  # [B, R, T, H]
     block_mask = inputs["block_mask"]  # [B, K', T]
     spans, outputs = [], []

@@ -116,6 +116,10 @@ def _pipeline(args: argparse.Namespace):
     bundle = _bundle_dir(args)
     settings = dict(fusion=args.fusion, depth=args.depth, weight=args.weight, k=args.k, threshold=args.threshold)
     settings = {name: value for name, value in settings.items() if value is not None}
+    if args.fast:
+        from realm.modeling.inference import FAST
+
+        settings["inference"] = FAST
     sparse = False if args.dense_only else args.sparse
     if bundle is not None:
         print(f"realm: using the pipeline bundle {bundle / 'pipeline.json'}", file=sys.stderr, flush=True)

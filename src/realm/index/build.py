@@ -40,6 +40,7 @@ from realm.index.embeddings import (
 from realm.inputs import block_inputs
 from realm.modeling.checkpoint import check_vocabulary, module_fingerprint, resolve_weights
 from realm.modeling.embedder import RealmEmbedder
+from realm.modeling.inference import quantize_trunk
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,9 @@ class IndexBuildConfig:
         batch_size: blocks per embedder forward pass.
         max_length: tokens per block input `[CLS] title [SEP] text [SEP]` (longer texts are truncated).
         storage_dtype: "float32" or "float16" for `embeddings.npy`.
-        compute_dtype: "float32", or "bfloat16" for autocast (faster on hardware that has it).
+        compute_dtype: "float32"; "bfloat16" for autocast (faster on hardware that has it); "int8" for the
+            trunk's linear layers quantised to dynamic int8 (CPU; `realm.modeling.inference`; faster, not
+            bit-equal to float32: measured in benchmarks/bench_e2e.py).
     """
 
     chunk_size: int = 4096
@@ -79,8 +82,8 @@ class IndexBuildConfig:
     def __post_init__(self) -> None:
         if self.storage_dtype not in ("float32", "float16"):
             raise ValueError(f"storage_dtype must be float32 or float16, not {self.storage_dtype!r}")
-        if self.compute_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"compute_dtype must be float32 or bfloat16, not {self.compute_dtype!r}")
+        if self.compute_dtype not in ("float32", "bfloat16", "int8"):
+            raise ValueError(f"compute_dtype must be float32, bfloat16 or int8, not {self.compute_dtype!r}")
         if min(self.chunk_size, self.batch_size, self.max_length) < 1:
             raise ValueError("chunk_size, batch_size and max_length must be positive")
 
@@ -238,6 +241,12 @@ def build_index(
         check_vocabulary(vocab, getattr(store, "path", "the store"), embedder.config, embedder_path)
     # The embedder's tensors, whatever file they came from: `realm.verify.check_corpus` compares them.
     provenance = {**(provenance or {}), "embedder_weights_fingerprint": module_fingerprint(embedder)}
+    compute_dtype = config.compute_dtype
+    if compute_dtype == "int8":
+        if embedder.device.type != "cpu":
+            raise ValueError("compute_dtype int8 is for CPUs; on a GPU use bfloat16")
+        quantize_trunk(embedder.realm.encoder)
+        compute_dtype = "float32"  # the int8 layers take float32 activations
     cls_id, sep_id, pad_id = special_ids
     mine = [
         i for i in range(context.rank, num_chunks, context.world_size) if not _chunk_path(work, i).exists()
@@ -250,7 +259,7 @@ def build_index(
             block_inputs(t, b, cls_id, sep_id, config.max_length)
             for t, b in zip(store.title_ids(ids), store.token_ids(ids), strict=True)
         ]
-        emb = embed_blocks(embedder, sequences, config.batch_size, pad_id, config.compute_dtype)
+        emb = embed_blocks(embedder, sequences, config.batch_size, pad_id, compute_dtype)
         emb = emb.astype(config.storage_dtype)
         atomic_save_npy(_chunk_path(work, i), emb)
         bar.update(len(ids))

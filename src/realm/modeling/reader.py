@@ -11,6 +11,7 @@ import torch
 from realm.config import RealmConfig
 from realm.modeling.bert import RealmBertModel
 from realm.modeling.heads import RealmOnlyMLMHead, RealmReaderProjection
+from realm.modeling.inference import run_bucketed
 from realm.modeling.outputs import RealmReaderOutput
 from realm.modeling.pretrained import RealmPreTrainedModel
 from realm.objectives import correct_spans, reader_losses
@@ -86,15 +87,20 @@ class RealmReader(RealmPreTrainedModel):
         return out.to_tuple() if return_dict is False else out
 
     def encode_blocks(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor, bucket_rows: int = 0
     ) -> torch.Tensor:
-        """The trunk over every question's blocks in one call: [B, R, T] inputs -> hidden [B, R, T, H]."""
+        """The trunk over every question's blocks: [B, R, T] inputs -> hidden [B, R, T, H].
+
+        With `bucket_rows`, the B x R rows run in length buckets (`run_bucketed`: no compute on padding; the
+        hidden states of padding positions are then 0); else in one call.
+        """
         b, r, t = input_ids.shape
-        return self.realm(
-            input_ids.reshape(b * r, t),
-            attention_mask=attention_mask.reshape(b * r, t),
-            token_type_ids=token_type_ids.reshape(b * r, t),
-        ).last_hidden_state.view(b, r, t, -1)
+        hidden = run_bucketed(
+            lambda ids, mask, types: self.realm(ids, attention_mask=mask, token_type_ids=types).last_hidden_state,
+            input_ids.reshape(b * r, t), attention_mask.reshape(b * r, t), token_type_ids.reshape(b * r, t),
+            bucket_rows, pad_to=t,
+        )  # [B*R, T, H]  # fmt: skip
+        return hidden.view(b, r, t, -1)
 
     def span_scores(
         self, hidden: torch.Tensor, retrieval_logits: torch.Tensor, block_mask: torch.Tensor

@@ -109,6 +109,7 @@ def open_corpus(
         base.embedder, base.reader, store, index,
         tokenizer=base.tokenizer, k=base.k, max_question_length=base.max_question_length,
         threshold=base.threshold, marginal_spans=base.marginal_spans, temperature=base.temperature,
+        inference=base.inference,
     )  # fmt: skip
     return Corpus(pipeline, store_dir, index_dir)
 

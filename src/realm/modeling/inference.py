@@ -1,0 +1,150 @@
+"""Inference settings: length buckets (no compute on padding) and the fast mode (int8 / bfloat16 on CPU).
+
+Length buckets are exact: rows are sorted by length, cut into buckets of `bucket_rows`, and each bucket is
+trimmed to its own longest row, so padding is not computed; the attention mask already kept padding out
+of every real token's result, so outputs are those of one padded call up to float rounding. They are on
+whether or not the fast mode is.
+
+The fast mode trades a little precision for speed, per machine:
+- int8: dynamic quantisation of the reader trunk's linear layers (`torch.ao.quantization.quantize_dynamic`;
+  weights int8 per tensor, activations quantised per call), CPU only. The reader is most of a question's
+  work (K blocks of up to `reader_seq_len` tokens against one short question). The query tower stays float32:
+  quantised, it moved the top-5 blocks (overlap 0.77 with float32 on 20 dev questions of the demo) for a
+  small share of the time. The span scorer head stays float32 too. An index can be embedded in int8 on
+  request (`IndexBuildConfig(compute_dtype="int8")`), not by default.
+- bfloat16: `torch.autocast` where the hardware has it: a CPU with AVX512-BF16 or AMX-BF16 (`realm doctor`
+  lists the flags), or a GPU that supports bf16 (else float16 on a GPU).
+
+The fast mode is opt-in because none of its parts kept answers on the demo's dev questions within the
+bounds (`benchmarks/bench_e2e.py`: gold recall@5 and EM within 0.5 points of float32, top-5 overlap >= 0.99):
+int8 reader 2.0x the questions/s, recall@5 equal, EM 7.1 -> 4.8; bf16 slower than float32 here, top-5
+overlap 0.905; int8 corpus embedding 2.4x the blocks/s, top-5 overlap of its index 0.650.
+
+Shapes: n rows, L tokens, H hidden.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Choice = Literal["auto", "on", "off"]
+
+# CPU flags (as /proc/cpuinfo names them) that decide the fast bfloat16 / int8 paths on CPU (`realm doctor`).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How the pipeline's models run.
+
+    Attributes:
+        fast: turn on the fast mode's parts below that are not "off" ("auto": where the hardware has it).
+        int8: dynamic int8 linear layers in the reader's trunk (CPU only; "auto" = on for a CPU under `fast`).
+        bf16: bfloat16 autocast ("auto" = on under `fast` when the CPU has AVX512-BF16/AMX or the GPU bf16).
+        bucket_rows: rows per length bucket (0: one padded call, as before).
+    """
+
+    fast: bool = False
+    int8: Choice = "off"
+    bf16: Choice = "off"
+    bucket_rows: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("int8", "bf16"):
+            if getattr(self, name) not in ("auto", "on", "off"):
+                raise ValueError(f"InferenceConfig.{name} must be 'auto', 'on' or 'off', not {getattr(self, name)!r}")
+        if self.bucket_rows < 0:
+            raise ValueError(f"InferenceConfig.bucket_rows must be >= 0, got {self.bucket_rows}")
+
+    def uses_int8(self, device: torch.device) -> bool:
+        return self.fast and device.type == "cpu" and self.int8 != "off"
+
+    def uses_bf16(self, device: torch.device) -> bool:
+        if not self.fast or self.bf16 == "off":
+            return False
+        return self.bf16 == "on" or has_fast_bf16(device)
+
+
+FAST = InferenceConfig(fast=True, int8="auto", bf16="off")  # `--fast`: the fastest measured (see the README)
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, bool] | None:
+    """Each of `CPU_FLAGS` -> whether the first CPU's `flags` line lists it; None if there is no such file."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            present = set(value.split())
+            return {flag: flag in present for flag in CPU_FLAGS}
+    return None
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """The device computes bfloat16 natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX-BF16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    flags = cpu_flags() or {}
+    return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+
+
+def quantize_trunk(trunk: nn.Module) -> nn.Module:
+    """The trunk's `nn.Linear` layers -> dynamic int8 ones, in place (CPU). Returns the trunk."""
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao on every call
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(trunk, {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def autocast(config: InferenceConfig, device: torch.device) -> AbstractContextManager[object]:
+    """The autocast context of this config on this device (a no-op unless bf16 is used)."""
+    if config.uses_bf16(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def run_bucketed(
+    fn: Callable[[Tensor, Tensor, Tensor], Tensor],
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    token_type_ids: Tensor,
+    rows: int,
+    pad_to: int | None = None,
+) -> Tensor:
+    """`fn(ids, mask, types)` over right-padded rows [n, L], in length buckets, results in the input order.
+
+    Args:
+        fn: a forward of [m, l] inputs -> [m, ...] (per row, independent of the other rows).
+        rows: rows per bucket (0: one call over all rows).
+        pad_to: per-token outputs [m, l, H] are zero-padded back to this length (the caller's L).
+    Returns:
+        [n, ...] the rows' outputs.
+    """
+    n = input_ids.shape[0]
+    if rows <= 0 or n == 0:
+        return fn(input_ids, attention_mask, token_type_ids)
+    lengths = attention_mask.sum(dim=1)  # [n]
+    order = torch.argsort(lengths, stable=True)
+    parts = []
+    for start in range(0, n, rows):
+        idx = order[start : start + rows]
+        width = max(int(lengths[idx].max()), 1)
+        out = fn(input_ids[idx, :width], attention_mask[idx, :width], token_type_ids[idx, :width])
+        if pad_to is not None and width < pad_to:
+            out = F.pad(out, (0, 0, 0, pad_to - width))  # [m, pad_to, H]
+        parts.append(out)
+    return torch.cat(parts)[torch.argsort(order)]
