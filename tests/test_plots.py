@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from realm.cli import main
+from realm.corpus import BlockStore
 from realm.eval.plots import plot_run, read_metrics
 from realm.pretrain import pretrain
 from tests.test_pretrain import make_corpus, run_config
@@ -31,11 +32,15 @@ def drawn_pixels(image: np.ndarray) -> float:
 
 def test_plots_of_a_real_pretraining_run(tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path / "facts", num_facts=12)
-    pretrain(run_config(corpus, tmp_path / "run", num_steps=6, refresh_every=3))
+    store = BlockStore.open(corpus["store"])
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("".join(json.dumps({"question": text, "title": title}) + "\n"
+                           for title, text in zip(store.titles(range(8)), store.texts(range(8)), strict=True)))  # fmt: skip
+    pretrain(run_config(corpus, tmp_path / "run", num_steps=6, refresh_every=3, dev_questions=str(dev)))
     written = main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "png")])
     assert written == 0
     names = sorted(p.name for p in (tmp_path / "png").iterdir())
-    assert names == ["accuracy.png", "loss.png", "staleness.png", "utility.png"]
+    assert names == ["accuracy.png", "dev_recall.png", "loss.png", "staleness.png", "utility.png"]
     for name in names:
         image = read_png(tmp_path / "png" / name)
         assert image.shape[0] > 200 and image.shape[1] > 400

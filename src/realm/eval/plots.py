@@ -10,7 +10,8 @@ drawn (a fine-tuning run has no retrieval utility, an ICT run no null-block accu
                       alone; ICT: in-batch accuracy
     utility.png       retrieval utility: log-likelihood gain per masked token over the null block
     staleness.png     steps since the index in use was built (drops to 0 at each refresh)
-    dev_recall.png    rows of kind "eval" (fine-tuning's dev evaluations) or "refresh": recall@k, EM
+    dev_recall.png    pre-training with `dev_questions`: the query tower's gold-article recall@k against each
+                      new index; fine-tuning: its dev evaluations (rows of kind "eval": recall@k, EM)
     finetune.png      fine-tuning: how often the answer is among the retrieved / read blocks
 
 matplotlib is an optional extra (`pip install 'realm-lm[plot]'`); it draws off-screen (the Agg backend).
@@ -36,8 +37,9 @@ FIGURES: dict[str, tuple[str, str, list[tuple[str, str, str]]]] = {
     "utility": ("retrieval utility (log-likelihood gain per masked token)", "nats",
                 [("train", "retrieval_utility", "retrieval utility")]),
     "staleness": ("index staleness", "steps since the index was built", [("train", "staleness", "staleness")]),
-    "dev_recall": ("dev evaluation", "score", [(kind, key, f"{key} ({kind})") for kind in ("eval", "refresh")
-                                               for key in ("recall@1", "recall@5", "recall@20", "exact_match")]),
+    "dev_recall": ("dev questions: gold-article recall (pre-training: at each index refresh), EM", "score",
+                   [("train", f"dev_recall@{k}", f"recall@{k}") for k in (1, 5, 20)]
+                   + [("eval", key, key) for key in ("recall@1", "recall@5", "recall@20", "exact_match")]),
     "finetune": ("answer found during fine-tuning", "share of questions",
                  [("train", "answer_retrieved", "in the retrieved blocks"), ("train", "answer_read", "in the read blocks")]),
 }  # fmt: skip
