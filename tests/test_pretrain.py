@@ -499,7 +499,14 @@ def test_async_refresh_swaps_in_the_worker_s_indexes(corpus, tmp_path) -> None:
 def test_retrieval_becomes_useful_on_a_corpus_whose_facts_are_in_other_blocks(tmp_path) -> None:
     """Every fact is told by two blocks of different documents; a masked sentence's own block is removed,
     so its masked entity is only in the other one. Retrieval utility (log-likelihood gain over the null
-    block) starts at 0 and becomes clearly positive: the encoder learns to read, the retriever to find."""
+    block) starts at 0 and becomes clearly positive: the encoder learns to read, the retriever to find.
+
+    What it shows: within one REALM run, the marginal over retrieved blocks predicts the masked entities
+    better than the same model reading the null block alone (passes: 650 s on the shared 2-core machine,
+    November 2026). What it does not show: that REALM beats a model trained without retrieval. A
+    null-block-only model trained the same way memorises these 96 training sentences (0.68 accuracy, the
+    README) faster than REALM learns to retrieve and read, and there are no held-out sentences here; the
+    comparison against that baseline on held-out text is benchmarks/pretrain_wiki.py's."""
     corpus = make_corpus(tmp_path / "facts", num_facts=48)
     config = run_config(corpus, tmp_path / "run", num_steps=1200, batch_size=8, lr=5e-4, warmup_steps=10,
                         refresh_every=100, log_every=100, index_chunk_size=128, index_batch_size=64)  # fmt: skip
