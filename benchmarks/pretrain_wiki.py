@@ -56,6 +56,7 @@ from realm.pretrain import PretrainConfig, RealmPretrainer, pretrain
 from realm.pretrain.evaluate import gold_recall, masked_accuracy
 from realm.pretrain.examples import MaskedExample
 from realm.pretrain.masking import MaskingConfig, SentenceMasker, find_salient_spans
+from realm.pretrain.refresh import RefreshFiles
 from realm.tokenization import RealmTokenizerFast
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +106,8 @@ def prepare(work: Path, demo: Path, corpus_json: Path, articles: int, heldout: f
     counts = {"sentences_beyond_blocks": sum(len(v) for v in beyond.values()), "kept": 0}
     kept: dict[str, list[Document]] = {"train": [], "heldout": []}
     for doc_id, lines in beyond.items():
-        article, own = chosen[int(doc_id) - 1], first[doc_id].title + " " + first[doc_id].text
+        # A block's doc_id is its document's position in the input (0-based), as in realm.demo.run.
+        article, own = chosen[int(doc_id)], first[doc_id].title + " " + first[doc_id].text
         if sentences == "stated":
             lines = [x for x in lines if (spans := find_salient_spans(x)) and all(stated_in(x[a:b], own) for a, b, _ in spans)]
         counts["kept"] += len(lines)
@@ -119,7 +121,7 @@ def prepare(work: Path, demo: Path, corpus_json: Path, articles: int, heldout: f
                              f"{articles} articles, --heldout {heldout}): use more articles")
         BlockStore.create(out / f"sentences_{split}", list(builder.build(iter(docs))), tokenizer,
                           max_block_tokens=block_tokens)  # fmt: skip
-    gold = {chosen[int(first[d].doc_id) - 1].title: i for i, d in enumerate(sorted(first))}
+    gold = {chosen[int(first[d].doc_id)].title: i for i, d in enumerate(sorted(first))}
     dev = data.dev_questions(set(gold), DEV)
     (out / "gold.json").write_text(json.dumps(gold))
     (out / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dev))
@@ -159,8 +161,16 @@ def evaluate_run(final: Path, candidates: int, store: BlockStore, examples: list
     encoder = RealmKnowledgeAugEncoder.from_pretrained(final / "encoder")
     model = RealmPretrainer(embedder, embedder, encoder, store, num_candidates=candidates,
                             block_seq_len=config.block_seq_len, joint_seq_len=config.joint_seq_len)  # fmt: skip
-    # C = 1 searches nothing: any index of the store will do.
-    index = index_of(final / "embedder", store, scratch / "final_index", config.block_seq_len) if candidates > 1 else any_index
+    # C = 1 searches nothing: any index of the store will do. A checkpoint the last refresh was built from
+    # (a run stopped at a refresh step) reads that refresh's index: the same vectors, without re-embedding.
+    published = RefreshFiles(scratch).latest() if candidates > 1 else None
+    step = json.loads((final / "trainer_state.json").read_text())["step"] if (final / "trainer_state.json").is_file() else -1
+    if candidates == 1:
+        index = any_index
+    elif published is not None and published.step == step:
+        index = open_index(published.index)
+    else:
+        index = index_of(final / "embedder", store, scratch / "final_index", config.block_seq_len)
     model.set_index(index)
     score = masked_accuracy(model, examples, exclude_source=False).to_dict()
     if candidates > 1 and dev:
@@ -178,7 +188,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int, paths: dict[str, Path
     else:  # the warm start's index of the store: built once, not once per run
         overrides += [f"index={paths['index']}", f"dev_questions={paths['dev']}"]
     config = PretrainConfig.load(args.config, overrides)
-    if not (run_dir / "final").is_dir():
+    if args.checkpoint == "final" and not (run_dir / "final").is_dir():
         pretrain(config, resume=True)
     return run_dir, config
 
@@ -201,11 +211,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="stated: only sentences whose salient spans are all stated in their article's block")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", choices=("realm", "null"), default=["realm", "null"],
+                        help="train (and score) only these arms; the summary needs both")
     parser.add_argument("--eval-sentences", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--set", nargs="*", default=[], help="PretrainConfig overrides key=value (both arms)")
     parser.add_argument("--output", type=Path, default=RESULT)
+    parser.add_argument("--checkpoint", choices=("final", "last"), default="final",
+                        help="last: train nothing, score each run's last/ checkpoint (runs stopped early; both arms "
+                             "must have stopped at the same step)")
     parser.add_argument("--redraw", action="store_true", help="only draw the summary figure of --output again")
     args = parser.parse_args(argv)
     if args.redraw:
@@ -238,18 +253,21 @@ def main(argv: list[str] | None = None) -> int:
                          max_length=QUESTION_LENGTH) if dev else {}  # fmt: skip
     runs: dict[str, list[dict]] = {"realm": [], "null": []}
     for seed in args.seeds:
-        for arm in ("realm", "null"):
+        for arm in args.arms:
             run_dir, config = run_arm(args, arm, seed, paths)
-            cached = run_dir / "heldout_score.json"  # a rerun (more seeds, a killed run) keeps finished scores
+            cached = run_dir / f"heldout_score_{args.checkpoint}.json"  # a rerun (more seeds, a killed run) keeps finished scores
             if cached.is_file():
                 score = json.loads(cached.read_text())
             else:
-                score = evaluate_run(run_dir / "final", config.num_candidates, store, examples, dev, gold, tokenizer,
+                score = evaluate_run(run_dir / args.checkpoint, config.num_candidates, store, examples, dev, gold, tokenizer,
                                      config, run_dir, before_index)  # fmt: skip
                 cached.write_text(json.dumps(score))
             rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             train = [r for r in rows if r.get("kind") == "train"]
-            score.update(seed=seed, run_dir=str(run_dir), last_train_row=train[-1] if train else None)
+            score_step = json.loads((run_dir / args.checkpoint / "trainer_state.json").read_text())["step"] \
+                if args.checkpoint == "last" else args.steps
+            train = [r for r in train if r["step"] <= score_step]
+            score.update(seed=seed, run_dir=str(run_dir), step=score_step, last_train_row=train[-1] if train else None)
             if arm == "realm" and train:
                 utility = [r["retrieval_utility"] for r in train]
                 fifth = max(1, len(utility) // 5)
@@ -262,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                 pass
             print(f"{arm} seed {seed}: held-out accuracy {score['accuracy']:.4f} (null block {score['null_accuracy']:.4f})"
                   + (f", dev recall@5 {score['dev_recall']['recall@5']:.3f}" if "dev_recall" in score else ""), flush=True)  # fmt: skip
+    if set(args.arms) != {"realm", "null"}:
+        return 0
     realm_acc = [r["accuracy"] for r in runs["realm"]]
     null_acc = [r["accuracy"] for r in runs["null"]]
     gaps = [a - b for a, b in zip(realm_acc, null_acc, strict=True)]
@@ -269,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "realm_accuracy": statistics.fmean(realm_acc), "null_accuracy": statistics.fmean(null_acc),
         "gap": summary(gaps), "spread": {"realm": summary(realm_acc), "null": summary(null_acc)},
-        "seeds": args.seeds, "steps": args.steps,
+        "seeds": args.seeds, "steps": runs["realm"][0]["step"], "planned_steps": args.steps,
         "retrieval_utility": statistics.fmean(r["last_train_row"]["retrieval_utility"] for r in runs["realm"]),
         "retrieval_utility_first_fifth": statistics.fmean(r["utility_first_fifth"] for r in runs["realm"]),
         "retrieval_utility_last_fifth": statistics.fmean(r["utility_last_fifth"] for r in runs["realm"]),
@@ -300,9 +320,9 @@ def draw_summary(result: dict, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def rows(run: dict) -> list[dict]:
+    def rows(run: dict) -> list[dict]:  # up to the scored checkpoint (a stopped run may have logged more)
         lines = Path(run["run_dir"], "metrics.jsonl").read_text().splitlines()
-        return [r for r in map(json.loads, lines) if r.get("kind") == "train"]
+        return [r for r in map(json.loads, lines) if r.get("kind") == "train" and r["step"] <= run.get("step", r["step"])]
 
     figure, axes = plt.subplots(2, 2, figsize=(11, 7))
     (acc, utility), (recall, bars) = axes
@@ -314,12 +334,12 @@ def draw_summary(result: dict, out: Path) -> Path:
                  label=f"null block only, seed {null['seed']}")  # fmt: skip
         utility.plot([x["step"] for x in r], [x["retrieval_utility"] for x in r], color=color, label=f"seed {realm['seed']}")
         points = [(x["step"], x["dev_recall@5"]) for x in r if "dev_recall@5" in x]
-        points.append((result["steps"], realm["dev_recall"]["recall@5"]))
+        points.append((realm.get("step", result["steps"]), realm["dev_recall"]["recall@5"]))
         recall.plot([p[0] for p in points], [p[1] for p in points], color=color, marker="o", label=f"seed {realm['seed']}")
     utility.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
     acc.set(title="masked-token accuracy, training batches", xlabel="step", ylabel="accuracy")
     utility.set(title="retrieval utility (training batches)", xlabel="step", ylabel="nats per masked token")
-    recall.set(title="dev questions: gold-article recall@5 (each index; last: final tower)", xlabel="step",
+    recall.set(title="dev questions: gold-article recall@5 (each index; last: scored tower)", xlabel="step",
                ylabel="recall@5")  # fmt: skip
     seeds = [r["seed"] for r in result["runs"]["realm"]]
     width = 0.38
