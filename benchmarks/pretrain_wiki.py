@@ -21,7 +21,9 @@ Why not the leads' in-block sentences with their source block removed (the paper
 one 64-wordpiece block per article, a fact of an article's first sentences is rarely stated in any other
 block, so retrieval has nothing to find (measured: see the README's pre-training section).
 
-    python benchmarks/pretrain_wiki.py                      # 3 seeds x 2 arms, ~50 min on 2 cores
+    python benchmarks/pretrain_wiki.py                      # 3 seeds x 2 arms x 100 steps (more than an hour
+                                                            # on the shared 2-core machine: see the README)
+    python benchmarks/pretrain_wiki.py --seeds 0 --checkpoint last   # score runs stopped early, at last/
     python benchmarks/pretrain_wiki.py --quick --demo-cache DIR --output out.json   # the smoke test
 Writes benchmarks/results/pretrain_wiki.json (and each run's metrics.jsonl and curves under --work-dir).
 """
