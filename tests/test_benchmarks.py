@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +95,57 @@ def test_bench_e2e_on_a_tiny_bundle_without_the_port(tmp_path: Path) -> None:
     assert int8["embedding_max_abs_diff_vs_fp32"] > 0  # the int8 corpus embedding did run
     assert report["fast_em_delta"] == int8["dev_quality"]["em"] - fp32["dev_quality"]["em"]
     assert "embed_speedup" not in report  # no port, no ratio
+
+
+WIKI_SCRIPT = REPO / "benchmarks" / "pretrain_wiki.py"
+# Leads of four sentences: the block holds the first ones, the later ones name what the first ones state.
+WIKI_FACTS = [("Adam Smith", "Kirkcaldy", "1723"), ("ASEAN", "Jakarta", "1967"), ("Zorvath", "Quellin", "1802"),
+              ("Brimholt", "Tarrow", "1911"), ("Osklund", "Vemmer", "1650"), ("Pranwick", "Dullow", "1777"),
+              ("Gulmere", "Fexton", "1888"), ("Drovak", "Kivra", "1540"), ("Namsul", "Wepper", "1999"),
+              ("Yadmox", "Trelby", "1320")]  # fmt: skip
+
+
+def write_wiki_demo(root: Path) -> Path:
+    """A `realm demo` cache's inputs, tiny: the corpus JSON, init/model (from a tiny BERT), retriever/embedder."""
+    from realm.modeling.bert_import import init_from_bert
+    from tests.test_bert_import import write_tiny_bert
+
+    filler = "it was known for many things and people came from far away to see it"
+    corpus, words = {}, set(filler.split()) | {"was", "founded", "in", "at", "the", "seat", "of", "is", "lies",
+                                               "near", "since", "and", "who", "what", "where", "?"}  # fmt: skip
+    for title, place, year in WIKI_FACTS:
+        extract = (f"{title} was founded in {year} at {place}. {filler.capitalize()}. {filler.capitalize()}. "
+                   f"The seat of {title} is {place}. {title} lies near {place} since {year}.")  # fmt: skip
+        corpus[title] = {"title": title, "extract": extract, "description": "a thing", "topic": "Test"}
+        words |= {w.lower() for w in f"{title} {place} {year}".split()}
+    (root / "summaries.json").write_text(json.dumps(corpus))
+    bert = write_tiny_bert(root / "bert", sorted(words), positions=160)
+    init_from_bert(bert, root / "demo" / "init" / "model", seed=0)
+    shutil.copytree(root / "demo" / "init" / "model" / "embedder", root / "demo" / "retriever" / "embedder")
+    return root / "demo"
+
+
+def test_pretrain_wiki_quick(tmp_path: Path) -> None:
+    demo = write_wiki_demo(tmp_path)
+    out = tmp_path / "result.json"
+    command = [sys.executable, str(WIKI_SCRIPT), "--quick", "--demo-cache", str(demo), "--corpus-json",
+               str(tmp_path / "summaries.json"), "--work-dir", str(tmp_path / "work"), "--output", str(out),
+               "--heldout", "0.3", "--threads", "1", "--set", "block_seq_len=24", "query_seq_len=24",
+               "joint_seq_len=48", "num_candidates=3", "freeze=query_embedder.realm.,encoder.realm.embeddings."]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads(out.read_text())
+    assert record["seeds"] == [0] and record["steps"] == 4
+    assert record["data"]["blocks"] == len(WIKI_FACTS) and record["data"]["heldout_articles"] >= 1
+    for arm in ("realm", "null"):
+        (run,) = record["runs"][arm]
+        assert 0 <= run["accuracy"] <= 1 and run["masked_tokens"] > 0 and run["last_train_row"]["step"] == 4
+    assert record["realm_accuracy"] == record["runs"]["realm"][0]["accuracy"]
+    assert record["null_accuracy"] == record["runs"]["null"][0]["accuracy"]
+    assert record["dev_questions"] == 2 and 0 <= record["recall_at_5_before"] <= 1 and 0 <= record["recall_at_5_after"] <= 1
+    assert record["config"]["num_candidates"] == 3 and record["command"].startswith("python benchmarks/pretrain_wiki.py --quick")
+    # The realm run refreshed its index (quick: every 2 steps) and its curves were drawn.
+    rows = [json.loads(line) for line in Path(record["runs"]["realm"][0]["run_dir"], "metrics.jsonl").read_text().splitlines()]
+    assert [r["index_step"] for r in rows if r["kind"] == "train"] == [0, 2, 2, 2]  # logged after the refresh
+    assert (Path(record["runs"]["realm"][0]["run_dir"]) / "plots" / "utility.png").is_file()
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"

@@ -325,6 +325,83 @@ def test_sync_refresh_swaps_indexes_and_logs_staleness(corpus, tmp_path) -> None
     )
 
 
+def test_masked_accuracy_is_the_step_s_counts_over_all_batches(corpus) -> None:
+    """`realm.pretrain.evaluate.masked_accuracy`: the eval-mode step's correct / masked-token counts summed over
+    batches (so independent of the batch size), the source block kept out unless told otherwise."""
+    from realm.pretrain.evaluate import masked_accuracy
+    from realm.pretrain.examples import MaskedExample
+
+    model = pretrainer(corpus).train()
+    store = model.store
+    batch = masked_batch(store, list(range(7)), seed=3)
+    examples = [MaskedExample(ids[mask.bool()].tolist(), lab[mask.bool()].tolist(), int(src))
+                for ids, mask, lab, src in zip(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                               batch["source_block"], strict=True)]  # fmt: skip
+    by_two = masked_accuracy(model, examples, batch_size=2)
+    whole = masked_accuracy(model, examples, batch_size=7)
+    assert model.training  # the mode is given back
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch)
+    assert whole.masked_tokens == by_two.masked_tokens == int(batch["labels"].ne(IGNORE_INDEX).sum())
+    assert whole.accuracy == pytest.approx(float(out.correct / out.masked_tokens))
+    assert whole.null_accuracy == pytest.approx(float(out.null_correct / out.masked_tokens))
+    assert whole.retrieval_utility == pytest.approx(float(out.retrieval_utility), abs=1e-5)
+    for name in ("accuracy", "null_accuracy", "retrieval_utility"):
+        assert getattr(by_two, name) == pytest.approx(getattr(whole, name), abs=1e-5)
+    # Without the exclusion (sentences from another corpus) the step sees source_block = -1.
+    with torch.no_grad():
+        free = model(**{**batch, "source_block": torch.full_like(batch["source_block"], -1)})
+    kept = masked_accuracy(model, examples, batch_size=7, exclude_source=False)
+    assert kept.accuracy == pytest.approx(float(free.correct / free.masked_tokens))
+
+
+def test_frozen_prefixes_do_not_train_and_unknown_ones_are_refused(corpus, tmp_path) -> None:
+    frozen = "query_embedder.realm.,encoder.realm.embeddings.,encoder.realm.encoder.layer.0."
+    result = pretrain(run_config(corpus, tmp_path / "run", num_steps=2, refresh="never", freeze=frozen))
+    before = {**{f"embedder.{k}": v for k, v in RealmEmbedder.from_pretrained(corpus["embedder"]).state_dict().items()},
+              **{f"encoder.{k}": v for k, v in RealmKnowledgeAugEncoder.from_pretrained(corpus["encoder"]).state_dict().items()}}  # fmt: skip
+    after = {**{f"embedder.{k}": v for k, v in RealmEmbedder.from_pretrained(result.final_dir / "embedder").state_dict().items()},
+             **{f"encoder.{k}": v for k, v in RealmKnowledgeAugEncoder.from_pretrained(result.final_dir / "encoder").state_dict().items()}}  # fmt: skip
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    # The shared tower's trunk (embedder.realm.) is frozen under its query_embedder. name: only its projection moves.
+    assert moved and all(k.startswith(("embedder.cls.", "encoder.realm.encoder.layer.1.", "encoder.cls.")) for k in moved), moved
+    assert any(k.startswith("embedder.cls.") for k in moved) and any(k.startswith("encoder.realm.encoder.layer.1.") for k in moved)
+    with pytest.raises(ValueError, match=r"freeze prefixes \['encoder.nope.'\] match no parameter"):
+        pretrain(run_config(corpus, tmp_path / "bad", num_steps=1, refresh="never", freeze="encoder.realm.,encoder.nope."))
+
+
+def test_dev_recall_at_each_index_equals_brute_force(corpus, tmp_path) -> None:
+    """With `dev_questions`, the first log row after each new index carries the query tower's gold-block
+    recall@k against it; at step 0 it is the initial embedder's, checked against top-k of the full product."""
+    store = BlockStore.open(corpus["store"])
+    titles, texts = store.titles(range(len(store))), store.texts(range(len(store)))
+    dev = tmp_path / "dev.jsonl"
+    rows = [{"question": text, "title": title} for title, text in zip(titles[:10], texts[:10], strict=True)]
+    dev.write_text("".join(json.dumps(r) + "\n" for r in rows + [{"question": "x", "title": "no such block"}]))
+    pretrain(run_config(corpus, tmp_path / "run", num_steps=4, refresh_every=2, dev_questions=str(dev), lr=1e-12))
+    logged = train_rows(tmp_path / "run")
+    assert [("dev_recall@5" in r) for r in logged] == [True, True, False, False]  # index 0 and the refresh at 2
+    assert all(r["dev_questions"] == 10 for r in logged[:2])
+    # Brute force: the embedder embeds each question as [CLS] q [SEP] and each block as the index does.
+    embedder = RealmEmbedder.from_pretrained(corpus["embedder"]).eval()
+    tokenizer = store.load_tokenizer()
+    with torch.no_grad():
+        blocks = torch.from_numpy(np.load(corpus["index"] / "embeddings.npy")).float()  # [N, D]
+        hits = {1: 0, 5: 0, 20: 0}
+        for i, r in enumerate(rows):
+            ids = torch.tensor([tokenizer(r["question"], truncation=True, max_length=32)["input_ids"]])
+            query = embedder(ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids)).projected_score
+            order = (query @ blocks.T)[0].argsort(descending=True).tolist()
+            for k in hits:
+                hits[k] += i in order[:k]
+    assert logged[0]["dev_recall@1"] == pytest.approx(hits[1] / 10)
+    assert logged[0]["dev_recall@5"] == pytest.approx(hits[5] / 10)
+    assert logged[0]["dev_recall@20"] == pytest.approx(hits[20] / 10)
+    # lr ~ 0: the towers do not move, so the refreshed index gives the same recall.
+    assert logged[1]["dev_recall@5"] == logged[0]["dev_recall@5"]
+
+
 def test_ict_warm_start_trains_the_shared_embedder(corpus, tmp_path) -> None:
     paragraphs = make_corpus(tmp_path / "paragraphs", num_facts=12, sentences_per_block=3)
     config = run_config(paragraphs, tmp_path / "ict", objective="ict", encoder="", batch_size=8, num_steps=4, lr=1e-3)
@@ -422,7 +499,14 @@ def test_async_refresh_swaps_in_the_worker_s_indexes(corpus, tmp_path) -> None:
 def test_retrieval_becomes_useful_on_a_corpus_whose_facts_are_in_other_blocks(tmp_path) -> None:
     """Every fact is told by two blocks of different documents; a masked sentence's own block is removed,
     so its masked entity is only in the other one. Retrieval utility (log-likelihood gain over the null
-    block) starts at 0 and becomes clearly positive: the encoder learns to read, the retriever to find."""
+    block) starts at 0 and becomes clearly positive: the encoder learns to read, the retriever to find.
+
+    What it shows: within one REALM run, the marginal over retrieved blocks predicts the masked entities
+    better than the same model reading the null block alone (passes: 650 s on the shared 2-core machine,
+    November 2026). What it does not show: that REALM beats a model trained without retrieval. A
+    null-block-only model trained the same way memorises these 96 training sentences (0.68 accuracy, the
+    README) faster than REALM learns to retrieve and read, and there are no held-out sentences here; the
+    comparison against that baseline on held-out text is benchmarks/pretrain_wiki.py's."""
     corpus = make_corpus(tmp_path / "facts", num_facts=48)
     config = run_config(corpus, tmp_path / "run", num_steps=1200, batch_size=8, lr=5e-4, warmup_steps=10,
                         refresh_every=100, log_every=100, index_chunk_size=128, index_batch_size=64)  # fmt: skip

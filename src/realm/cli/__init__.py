@@ -6,7 +6,8 @@ Verbs: `demo`; `doctor` (the environment report for a bug report); `blocks build
 `verify` (is a store, index, sparse index or checkpoint intact?);
 `ask` and `evaluate` (questions -> answers with evidence); `serve` (HTTP API and web page);
 `finetune` (ORQA/REALM Open-QA fine-tuning); `init --from-bert` (REALM checkpoints from a BERT checkpoint);
-`pretrain` (REALM pre-training or the ICT warm start) and `pretrain-refresh` (its asynchronous index refresher).
+`pretrain` (REALM pre-training or the ICT warm start) and `pretrain-refresh` (its asynchronous index refresher);
+`plot` (a training run's metrics.jsonl -> PNG curves).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from realm.cli.corpus import (
     add_live_verbs,
 )
 from realm.cli.doctor import _doctor, _VersionAction
-from realm.cli.training import _finetune, _init, _pretrain, _pretrain_refresh
+from realm.cli.training import _finetune, _init, _plot, _pretrain, _pretrain_refresh
 
 __all__ = ["DEMO_CREDIT", "build_parser", "main"]
 
@@ -234,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--dtype", default="float32", choices=("float32", "float16"))
     pr.add_argument("--poll-seconds", type=float, default=1.0)
     pr.set_defaults(run=_pretrain_refresh)
+
+    plot = commands.add_parser("plot", help="a training run's metrics.jsonl -> PNG curves (pip install 'realm-lm[plot]')")
+    plot.add_argument("run_dir", help="a `realm pretrain` or `realm finetune` output_dir (or its metrics.jsonl)")
+    plot.add_argument("--out", help="directory for the PNG files (default: RUN_DIR/plots)")
+    plot.set_defaults(run=_plot)
 
     init = commands.add_parser("init", help="REALM checkpoints (embedder, encoder, openqa) initialised from BERT")
     init.add_argument("--from-bert", required=True, metavar="DIR", help="a Hugging Face BERT checkpoint directory")

@@ -1,4 +1,4 @@
-"""`realm finetune`, `realm pretrain`, `realm pretrain-refresh`, `realm init --from-bert`."""
+"""`realm finetune`, `realm pretrain`, `realm pretrain-refresh`, `realm init --from-bert`, `realm plot`."""
 
 from __future__ import annotations
 
@@ -60,4 +60,16 @@ def _init(args: argparse.Namespace) -> int:
     report = init_from_bert(args.from_bert, args.out, proj_size=args.proj_size, seed=args.seed, overwrite=args.overwrite)
     print(report.summary())
     print(f"{args.out}/openqa loads with: realm finetune model={args.out}/openqa ...")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from realm.eval.plots import plot_run
+
+    written = plot_run(args.run_dir, args.out)
+    if not written:
+        print(f"{args.run_dir}: no row has a quantity to plot")
+        return 1
+    for path in written:
+        print(path)
     return 0

@@ -48,6 +48,11 @@ class PretrainConfig(FlatTomlConfig, StepSchedule):
         query_seq_len: tokens of a masked sentence (REALM 96) or an ICT query (64).
         block_seq_len: tokens of `[CLS] title [SEP] text [SEP]` for the document tower (288).
         joint_seq_len: tokens of `[CLS] sentence [SEP] text [SEP]` read by the encoder (96 + 288).
+        freeze: parameters not to train: comma-separated prefixes of `RealmPretrainer` parameter names, e.g.
+            "query_embedder.realm." (the retriever's BERT trunk: only its projection `cls.` trains, as the
+            demo's retriever stage) or "encoder.realm.embeddings.,encoder.realm.encoder.layer.0." (the
+            reader's word embeddings, tied to its MLM output, and its first layer). "" = train everything.
+            A prefix no parameter has is an error. Cheaper steps on a small machine; saved weights are whole.
         loss: "per_token" (the released code's marginal, default) or "per_sequence" (the paper's Eq. 2).
         masking: "salient" (dates, numbers, named entities), "random_token" (BERT), "random_span".
         spacy_model: a spaCy model name for salient spans ("" = the built-in finder).
@@ -68,6 +73,11 @@ class PretrainConfig(FlatTomlConfig, StepSchedule):
             (`IndexBuildConfig`).
         log_every: write a `metrics.jsonl` row every this many steps (1: every step;
             each row sums the steps since the last).
+        dev_questions: a JSONL of questions with the title of their gold article ({"question", "title"}, e.g.
+            the demo's `questions/dev.jsonl`); "" = none. With it, the query tower's gold-block recall@1/5/20
+            against each new index (the first one and every refresh) goes into the next log row as
+            `dev_recall@k`: does pre-training improve the retriever? Questions whose title is no block's
+            title of `store` are dropped (and counted in the log).
         save_every, seed, device, progress: as in `FinetuneConfig`.
     """
 
@@ -86,6 +96,7 @@ class PretrainConfig(FlatTomlConfig, StepSchedule):
     query_seq_len: int = 96
     block_seq_len: int = 288
     joint_seq_len: int = 384
+    freeze: str = ""
     loss: str = "per_token"
     masking: str = "salient"
     spacy_model: str = ""
@@ -110,6 +121,7 @@ class PretrainConfig(FlatTomlConfig, StepSchedule):
     index_dtype: str = "float32"
     save_every: int = 1000
     log_every: int = 1
+    dev_questions: str = ""
     seed: int = 0
     device: str = "cpu"
     progress: bool = True

@@ -132,6 +132,7 @@ class RealmObjective(Objective):
             embedder, block_embedder, encoder, store, num_candidates=config.num_candidates,
             block_seq_len=config.block_seq_len, joint_seq_len=config.joint_seq_len, loss=config.loss,
         )  # fmt: skip
+        _freeze(model, config.freeze)
         masking = MaskingConfig(
             strategy=config.masking, spacy_model=config.spacy_model or None, query_seq_len=config.query_seq_len,
             max_masks=config.max_masks, mask_rate=config.mask_rate,
@@ -173,12 +174,15 @@ class RealmObjective(Objective):
 
     def log_fields(self, trainer: _Trainer, counters: dict[str, int]) -> dict[str, Any]:
         counters = dict(counters)
-        return {
+        fields = {
             "index_step": trainer.index_step,
             "staleness": trainer.step - trainer.index_step,
             "examples": counters.pop("examples", 0),
             "skipped": dict(sorted(counters.items())),
         }
+        fields.update(getattr(self, "pending_recall", {}))
+        self.pending_recall: dict[str, float] = {}
+        return fields
 
     def save_towers(self, model: Any, directory: Path) -> None:
         model.query_embedder.save_pretrained(directory / EMBEDDER)
@@ -217,6 +221,29 @@ class RealmObjective(Objective):
                                     context=trainer.context, progress=config.progress)  # fmt: skip
         trainer.model.set_index(files.open(published, trainer.store))
         trainer.index_step = published.step
+        self._dev_recall(trainer)
+
+    def _dev_recall(self, trainer: _Trainer) -> None:
+        """Gold-block recall of the dev questions with the current query tower and index, for the next log row."""
+        config = trainer.config
+        if not config.dev_questions or not trainer.context.is_main:
+            return
+        if not hasattr(self, "dev"):
+            import json
+
+            titles = trainer.store.titles(range(len(trainer.store)))
+            self.gold = {t: i for i, t in enumerate(titles)}
+            path = Path(config.dev_questions)
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            self.dev = [r for r in rows if r.get("title") in self.gold]
+            logger.info("%s: %d of %d questions have their gold article in the store", path, len(self.dev), len(rows))
+            if not self.dev:
+                raise ValueError(f"{path}: no question's \"title\" is the title of a block of {config.store}")
+        from realm.pretrain.evaluate import gold_recall
+
+        assert trainer.model.index is not None
+        recall = gold_recall(trainer.model.query_embedder, trainer.tokenizer, trainer.model.index, self.dev, self.gold)
+        self.pending_recall = {f"dev_{k}": v for k, v in recall.items()} | {"dev_questions": len(self.dev)}
 
     def after_step(self, trainer: _Trainer, window: Any) -> None:
         """Sync: rebuild now, every refresh_every steps. Async: snapshot every refresh_every steps, and swap
@@ -249,6 +276,7 @@ class RealmObjective(Objective):
         trainer.model.set_index(trainer.files.open(published, trainer.store, current_step=trainer.index_step))
         logger.info("step %d: swapped in the index of step %d", trainer.step, published.step)
         trainer.index_step = published.step
+        self._dev_recall(trainer)
         if trainer.context.is_main:
             saved = trainer.saved_index_step
             trainer.files.prune([trainer.index_step] if saved is None else [trainer.index_step, saved])
@@ -266,6 +294,25 @@ def objective_for(name: str) -> Objective:
     if name not in OBJECTIVES:
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {name!r}")
     return OBJECTIVES[name]()
+
+
+def _freeze(model: torch.nn.Module, prefixes: str) -> None:
+    """`PretrainConfig.freeze`: no gradient for the parameters whose names start with one of `prefixes`."""
+    wanted = tuple(p.strip() for p in prefixes.split(",") if p.strip())
+    used = set()
+    # remove_duplicate=False: shared towers answer to both names (query_embedder. and block_embedder.).
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        hits = [p for p in wanted if name.startswith(p)]
+        if hits:
+            parameter.requires_grad_(False)
+            used.update(hits)
+    unused = [p for p in wanted if p not in used]
+    if unused:
+        raise ValueError(f"pretrain config: freeze prefixes {unused} match no parameter of the model (names start "
+                         "with query_embedder., block_embedder., encoder.)")
+    if wanted:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logger.info("froze %s: %s trainable parameters left", ", ".join(wanted), f"{trainable:,}")
 
 
 def _index_build_config(config: Any) -> IndexBuildConfig:
