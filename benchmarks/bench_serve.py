@@ -69,18 +69,23 @@ def start_server(
     args: argparse.Namespace, paths: tuple[Path, Path, Path], batch_size: int
 ) -> tuple[subprocess.Popen, str]:
     model, store, index = paths
+    return launch_serve([
+        "--model", str(model), "--store", str(store), "--index", str(index), "--k", str(args.k),
+        "--max-batch-size", str(batch_size), "--max-wait-ms", str(args.max_wait_ms), "--max-cost", str(10**9),
+        "--max-k", str(max(args.k, args.heavy_k)),
+    ], args.threads)  # fmt: skip
+
+
+def launch_serve(serve_args: list[str], threads: int, timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
+    """`realm serve SERVE_ARGS --port P` from this checkout on a free loopback port, with `threads` BLAS threads;
+    returns once /health answers 200."""
     port = free_port()
-    command = [
-        sys.executable, "-m", "realm.cli", "serve", "--model", str(model), "--store", str(store),
-        "--index", str(index), "--k", str(args.k), "--port", str(port), "--max-batch-size", str(batch_size),
-        "--max-wait-ms", str(args.max_wait_ms), "--max-cost", str(10**9), "--max-k", str(max(args.k, args.heavy_k)),
-    ]  # fmt: skip
-    threads = str(args.threads)
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    command = [sys.executable, "-m", "realm.cli", "serve", *serve_args, "--port", str(port)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"realm serve exited with {process.returncode}:\n{process.stderr.read()}")
@@ -90,22 +95,27 @@ def start_server(
         except httpx.TransportError:
             time.sleep(0.1)
     process.kill()
-    raise RuntimeError("realm serve did not answer /health within 120 s")
+    raise RuntimeError(f"realm serve did not answer /health within {timeout:.0f} s")
 
 
-async def load(url: str, requests: int, clients: int) -> tuple[list[float], dict[int, int], float]:
-    """Latencies (s) of successful requests, counts by status (0: transport error), wall time."""
+async def load(
+    url: str, requests: int, clients: int, questions: list[str] | None = None
+) -> tuple[list[float], dict[int, int], float]:
+    """Latencies (s) of successful requests, counts by status (0: transport error), wall time. Request i asks
+    `questions[i % len]`; without `questions`, one of QUESTIONS made unique by its number (no answer repeats)."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     counter = iter(range(requests))
 
+    def question(i: int) -> str:
+        return questions[i % len(questions)] if questions else f"{QUESTIONS[i % len(QUESTIONS)]} {i}"
+
     async def client() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as http:
             for i in counter:  # the shared iterator hands each request to one client
-                body = {"question": f"{QUESTIONS[i % len(QUESTIONS)]} {i}"}
                 started = time.perf_counter()
                 try:
-                    status = (await http.post("/ask", json=body)).status_code
+                    status = (await http.post("/ask", json={"question": question(i)})).status_code
                 except httpx.TransportError:
                     status = 0
                 statuses[status] = statuses.get(status, 0) + 1
