@@ -1,8 +1,8 @@
 """How long a demo stage will take: per-unit costs measured once, times this run's units.
 
-The costs come from one full first run on this project's 2-core CPU (README "Quick start": retriever
-435 s at load 4-8, so on the high side; index 73 s, reader 57 s, evaluation 52 s). A stage's time is taken as linear in its units (pairs
-trained, blocks embedded, questions read); another machine, load or thread count changes it, so the result
+The costs come from one full first run on this project's 2-core CPU, idle (README "Quick start": retriever
+107 s, index 76 s, reader 160 s, evaluation 40 s). A stage's time is taken as linear in its units (articles,
+blocks embedded, questions read); another machine, load or thread count changes it, so the result
 is an estimate and says what it was measured on. On a busy machine (load average over 1.5 x the CPUs) it
 says so: torch's threads then wait for each other and a stage can take many times its estimate (a `--quick`
 retriever stage estimated at 18 s took 333 s at load 9 on 2 cores).
@@ -27,15 +27,15 @@ class StageCost:
     per: str
 
 
-# Measured with: 10,033 articles, 60 reader steps x 4 questions, 300 held-out questions (the trunk pass over
-# the texts dominates the retriever stage, whatever its training). Re-measure the README's figures -> update these.
+# Measured with the full demo's defaults: 10,033 articles, 150 reader steps x 4 questions, 300 held-out
+# questions. Re-measure the README's figures -> update these with them.
 COSTS = {
     # The retriever stage runs the frozen trunk once over every block and training/dev question (the
     # head's distillation steps are cheap), so it scales with the articles.
-    "retriever": StageCost(435.0, 10_033, "article", "10,033 articles"),
-    "index": StageCost(73.0, 10_033, "block", "10,033 blocks"),
-    "reader": StageCost(57.0, 60 * 4, "question", "60 steps of 4 questions"),
-    "evaluate": StageCost(52.0, 300, "question", "300 questions"),
+    "retriever": StageCost(107.0, 10_033, "article", "10,033 articles"),
+    "index": StageCost(76.0, 10_033, "block", "10,033 blocks"),
+    "reader": StageCost(160.0, 150 * 4, "question", "150 steps of 4 questions"),
+    "evaluate": StageCost(40.0, 300, "question", "300 questions"),
 }
 
 

@@ -64,7 +64,7 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Settings of `run_demo`. The defaults fit a 2-core CPU in about 10 minutes (first run).
+    """Settings of `run_demo`. The defaults fit a 2-core CPU in about 7 minutes (first run, idle machine).
 
     Attributes:
         cache_dir: where every stage is cached (None: `default_cache_dir()`).
