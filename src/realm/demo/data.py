@@ -209,6 +209,11 @@ def make_questions(articles: list[Article], block_texts: dict[str, str], holdout
 # -- pseudo-queries and the dev set ---------------------------------------------------------------
 
 
+def _words(text: str) -> str:
+    """Lower-case words joined by single spaces: a sentence is "in" a block when this of it is in this of the block."""
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
 def ict_queries(articles: list[Article], block_texts: dict[str, str], limit: int, seed: int = 0) -> list[dict]:
     """ORQA's Inverse Cloze Task on what the blocks leave out: each sentence of a lead that is not in its
     article's block (the block keeps only the lead's first wordpieces) is a pseudo-query for that block.
@@ -222,17 +227,14 @@ def ict_queries(articles: list[Article], block_texts: dict[str, str], limit: int
 
     from realm.corpus.sentences import split_sentences
 
-    def words(text: str) -> str:
-        return " ".join(re.findall(r"\w+", text.lower()))
-
     rows = []
     for article in articles:
         block = block_texts.get(article.title)
         if block is None:
             continue
-        kept = words(block)
+        kept = _words(block)
         for sentence in split_sentences(article.extract):
-            if len(sentence.split()) >= 4 and words(sentence) not in kept:
+            if len(sentence.split()) >= 4 and _words(sentence) not in kept:
                 rows.append({"question": sentence, "title": article.title})
     if len(rows) > limit:
         chosen = np.random.default_rng(seed).choice(len(rows), size=limit, replace=False)
@@ -264,20 +266,17 @@ def cloze_questions(
     from realm.corpus.sentences import split_sentences
     from realm.pretrain.masking import find_salient_spans
 
-    def words(text: str) -> str:
-        return " ".join(re.findall(r"\w+", text.lower()))
-
     rng = np.random.default_rng(seed)
     rows = []
     for article in articles:
         block = block_texts.get(article.title)
         if block is None or is_held_out(article.title, holdout_fraction):
             continue
-        kept, titles = words(block), {words(t) for t in title_answers(article.title)}
+        kept, titles = _words(block), {_words(t) for t in title_answers(article.title)}
         for sentence in split_sentences(article.extract):
-            if len(sentence.split()) < 4 or words(sentence) not in kept:
+            if len(sentence.split()) < 4 or _words(sentence) not in kept:
                 continue
-            spans = [(a, b, kind) for a, b, kind in find_salient_spans(sentence) if words(sentence[a:b]) not in titles]
+            spans = [(a, b, kind) for a, b, kind in find_salient_spans(sentence) if _words(sentence[a:b]) not in titles]
             if not spans:
                 continue
             start, end, kind = spans[int(rng.integers(len(spans)))]

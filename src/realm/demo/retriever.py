@@ -72,7 +72,7 @@ def encoder_features(
 
 def head_scores(embedder: RealmEmbedder, cls: torch.Tensor) -> torch.Tensor:
     """REALM's retrieval vector from [CLS] hidden states [B, H]: `cls(pooler(.))` [B, D], as the embedder computes it."""
-    return embedder.cls(embedder.realm.pooler.activation(embedder.realm.pooler.dense(cls)))
+    return embedder.cls(embedder.realm.pooler(cls[:, None]))  # the pooler reads position 0
 
 
 def recall_at(scores: torch.Tensor, gold: torch.Tensor, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
