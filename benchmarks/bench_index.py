@@ -494,11 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             report(f"[{'met' if met else 'MISSED'}] ANN recall@10 >= 0.95 at >= 20x exact (1 query): "
                    + (f"{best['name']}: recall {best['recall']:.3f}, {best['speedup_1q']:.1f}x" if best else "none reached 0.95"))
             report()
-            report(f"load average {os.getloadavg()[0]:.2f} at the end")
-            if args.output is not None:
-                args.output.parent.mkdir(parents=True, exist_ok=True)
-                args.output.write_text("\n".join(report.lines) + "\n", encoding="utf-8")
-            return 0
+            return finish(report, args.output)
     matrix = mixture(sizes.count, sizes.dim, sizes.clusters, seed=0)
     queries = torch.from_numpy(mixture(sizes.queries, sizes.dim, sizes.clusters, seed=1))
     bw, searches = bandwidth(report, matrix, queries[:1], ExactIndex(matrix), 2 * sizes.rounds_1q)
@@ -512,10 +508,15 @@ def main(argv: list[str] | None = None) -> int:
         large = large_index(report, sizes, Path(tmp))
     summary(report, exact, ann_results, large, searches, args.quick)
     report()
+    return finish(report, args.output)
+
+
+def finish(report: Report, output: Path | None) -> int:
+    """The report's last line (the load now), then the whole report to `output` if given; exit status 0."""
     report(f"load average {os.getloadavg()[0]:.2f} at the end")
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text("\n".join(report.lines) + "\n", encoding="utf-8")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("\n".join(report.lines) + "\n", encoding="utf-8")
     return 0
 
 
