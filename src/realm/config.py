@@ -42,7 +42,12 @@ _FIELDS: dict[str, Field] = {
     "tie_word_embeddings": Field("bool"),
     "position_embedding_type": Field("str"),
     "architectures": Field("list", nullable=True, items=Field("str")),
+    "retriever_pooling": Field("str", choices=("cls", "mean")),
 }
+
+# realm-lm's own keys (the port has no such setting): written to config.json only when they differ from the
+# default, so a checkpoint that does not use them stays byte-for-byte a port config.
+_EXTENSION_DEFAULTS = {"retriever_pooling": "cls"}
 
 
 @dataclass(init=False)
@@ -51,6 +56,11 @@ class RealmConfig:
 
     Unknown keyword arguments are kept in `extra` and can be read as attributes
     (`config.searcher_seq_len`), as the port's `PretrainedConfig` allows.
+
+    One key is ours: `retriever_pooling` chooses what the embedders' pooler reads, the [CLS] position ("cls",
+    BERT's and REALM's) or the mean of the real tokens' last hidden states ("mean", how sentence-embedding models
+    such as all-MiniLM-L6-v2 are trained to be read). The port ignores the key and always reads [CLS], so a
+    "mean" checkpoint gives other numbers under the port; it is written only when "mean".
     """
 
     vocab_size: int = 30522
@@ -80,6 +90,7 @@ class RealmConfig:
     tie_word_embeddings: bool = True
     position_embedding_type: str = "absolute"
     architectures: list[str] | None = None
+    retriever_pooling: str = "cls"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __init__(self, **kwargs: Any) -> None:
@@ -145,6 +156,8 @@ class RealmConfig:
                 continue
             value = getattr(self, f.name)
             if f.name == "architectures" and value is None:
+                continue
+            if _EXTENSION_DEFAULTS.get(f.name, object()) == value:
                 continue
             out[f.name] = value
         out["model_type"] = MODEL_TYPE

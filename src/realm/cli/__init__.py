@@ -244,7 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     init = commands.add_parser("init", help="REALM checkpoints (embedder, encoder, openqa) initialised from BERT")
     init.add_argument("--from-bert", required=True, metavar="DIR", help="a Hugging Face BERT checkpoint directory")
     init.add_argument("out", help="directory to write embedder/, encoder/ and openqa/ into")
-    init.add_argument("--proj-size", type=int, default=128, help="retriever projection size (REALM: 128)")
+    init.add_argument("--proj-size", type=int, default=None,
+                      help="retriever projection size (default: REALM's 128; with --pooling mean, the hidden size)")
+    init.add_argument("--pooling", choices=("cls", "mean"), default="cls",
+                      help="what the embedder reads: [CLS] (REALM) or the token mean (sentence-embedding models, "
+                           "e.g. all-MiniLM-L6-v2; its head then starts as the identity)")  # fmt: skip
     init.add_argument("--seed", type=int, default=0, help="seed of the freshly initialised weights")
     init.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     init.set_defaults(run=_init)

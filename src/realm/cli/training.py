@@ -57,7 +57,8 @@ def _pretrain_refresh(args: argparse.Namespace) -> int:
 def _init(args: argparse.Namespace) -> int:
     from realm.modeling.bert_import import init_from_bert
 
-    report = init_from_bert(args.from_bert, args.out, proj_size=args.proj_size, seed=args.seed, overwrite=args.overwrite)
+    report = init_from_bert(args.from_bert, args.out, proj_size=args.proj_size, pooling=args.pooling, seed=args.seed,
+                            overwrite=args.overwrite)  # fmt: skip
     print(report.summary())
     print(f"{args.out}/openqa loads with: realm finetune model={args.out}/openqa ...")
     return 0

@@ -188,17 +188,34 @@ class RealmEncoder(nn.Module):
 
 
 class RealmPooler(nn.Module):
+    """`tanh(dense(x))` of the [CLS] position (BERT, REALM) or, with `config.retriever_pooling == "mean"`, of the
+    mean over the real tokens (a sentence-embedding model's own reading; see `RealmConfig`)."""
+
     def __init__(self, config: RealmConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.activation = nn.Tanh()
+        self.mean = config.retriever_pooling == "mean"
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.dense(hidden[:, 0]))  # [B, H] from the [CLS] position
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """What the pooler reads of hidden states [B, T, H] (attention_mask [B, T], 1 = real token): [B, H]."""
+        if not self.mean:
+            return hidden[:, 0]
+        if attention_mask is None:
+            return hidden.mean(dim=1)
+        weights = attention_mask[..., None].to(hidden.dtype)  # [B, T, 1]
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """[B, H] pooled vectors -> [B, H] pooler output."""
+        return self.activation(self.dense(pooled))
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.project(self.pool(hidden, attention_mask))  # [B, H]
 
 
 class RealmBertModel(nn.Module):
-    """BERT: embeddings -> `num_hidden_layers` post-LN transformer layers -> optional [CLS] pooler."""
+    """BERT: embeddings -> `num_hidden_layers` post-LN transformer layers -> optional pooler ([CLS] or mean)."""
 
     def __init__(self, config: RealmConfig, add_pooling_layer: bool = True) -> None:
         super().__init__()
@@ -235,7 +252,7 @@ class RealmBertModel(nn.Module):
                 all_probs.append(probs)
         return BertOutput(
             last_hidden_state=hidden,
-            pooler_output=self.pooler(hidden) if self.pooler is not None else None,
+            pooler_output=self.pooler(hidden, attention_mask) if self.pooler is not None else None,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(all_probs) if output_attentions else None,
         )

@@ -250,7 +250,8 @@ def init_from_bert(
     bert_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,
-    proj_size: int = 128,
+    proj_size: int | None = None,
+    pooling: str = "cls",
     seed: int = 0,
     overwrite: bool = False,
 ) -> InitReport:
@@ -259,7 +260,12 @@ def init_from_bert(
     Args:
         bert_dir: a Hugging Face BERT directory (config.json, weights, vocab.txt).
         out_dir: written atomically as a whole (a temporary directory renamed into place).
-        proj_size: the retriever projection size D (REALM: 128).
+        proj_size: the retriever projection size D (None: REALM's 128, or the hidden size with pooling "mean").
+        pooling: what the embedder's pooler reads: "cls" (REALM; the pooler from BERT, a fresh projection) or
+            "mean" (`RealmConfig.retriever_pooling`), for a sentence-embedding model trained to be read by mean
+            pooling. With "mean" and `proj_size` equal to the hidden size, the retrieval head starts as the
+            identity (`identity_head`): the embedder scores with the source model's own sentence vectors
+            (centred and scaled by the projection's LayerNorm), so retrieval starts where the source model is.
         seed: draws of the freshly initialised weights.
         overwrite: replace an existing non-empty `out_dir`.
 
@@ -268,7 +274,11 @@ def init_from_bert(
     """
 
     bert_dir, out_dir = Path(bert_dir), Path(out_dir)
-    config = read_bert_config(bert_dir, proj_size=proj_size)
+    config = read_bert_config(bert_dir)
+    if proj_size is None:
+        proj_size = config.hidden_size if pooling == "mean" else config.retriever_proj_size
+    config.set("retriever_proj_size", proj_size)
+    config.set("retriever_pooling", pooling)
     tokenizer = _tokenizer(bert_dir)
     if len(tokenizer) > config.vocab_size:
         raise ValueError(
@@ -298,6 +308,10 @@ def init_from_bert(
         )
         used.discard("cls.predictions.decoder.weight")
     report.ignored = sorted(ignored + [k for k in state if k not in used])
+    if pooling == "mean" and proj_size == config.hidden_size:
+        identity_head(embedder)
+        report.fresh["embedder"] = [k for k in report.fresh["embedder"] if not k.startswith("cls.")]
+        report.copied["embedder"] = [k for k in report.copied["embedder"] if not k.startswith("realm.pooler.")]
     # The Open-QA checkpoint is the two towers: its embedder is `embedder/`, its reader has the BERT trunk.
     report.copied["openqa"] = [f"embedder.{k}" for k in report.copied["embedder"]] + [
         f"reader.{k}" for k in report.copied["reader"]
@@ -316,6 +330,30 @@ def init_from_bert(
         atomic_write_text(tmp / REPORT_NAME, json.dumps(report.to_dict(), indent=2) + "\n")
     logger.info("%s", report.summary())
     return report
+
+
+# The pooler's tanh reads c * x: c small keeps it in its linear range for the mean of BERT hidden states (whose
+# entries are O(1)); the projection's LayerNorm removes the scale again.
+_IDENTITY_SCALE = 0.05
+
+
+@torch.no_grad()
+def identity_head(embedder: RealmEmbedder) -> None:
+    """Make `LayerNorm(dense(tanh(dense(x))))` pass the pooled vector x through: pooler c * I, projection I / c, both
+    without bias, LayerNorm's gain 1 and bias 0. Relevance is then the inner product of the centred, unit-variance
+    pooled vectors (H times their centred cosine). Needs retriever_proj_size == hidden_size."""
+    size = embedder.config.hidden_size
+    if embedder.config.retriever_proj_size != size:
+        raise ValueError(f"an identity head needs retriever_proj_size == hidden_size ({size}), "
+                         f"got {embedder.config.retriever_proj_size}")  # fmt: skip
+    eye = torch.eye(size)
+    pooler, projection = embedder.realm.pooler.dense, embedder.cls.dense
+    pooler.weight.copy_(eye * _IDENTITY_SCALE)
+    pooler.bias.zero_()
+    projection.weight.copy_(eye / _IDENTITY_SCALE)
+    projection.bias.zero_()
+    embedder.cls.LayerNorm.weight.fill_(1.0)
+    embedder.cls.LayerNorm.bias.zero_()
 
 
 def openqa_from_pretrained(
