@@ -90,3 +90,15 @@ def test_cli_init_pooling_mean(tmp_path: Path) -> None:
     assert main(["init", "--from-bert", str(bert), str(tmp_path / "cls")]) == 0
     config = json.loads((tmp_path / "cls" / "embedder" / "config.json").read_text())
     assert "retriever_pooling" not in config and config["retriever_proj_size"] == 128
+
+
+def test_openqa_from_pretrained_keeps_the_embedders_pooling(tmp_path: Path) -> None:
+    from realm.modeling.bert_import import openqa_from_pretrained
+
+    bert = write_tiny_bert(tmp_path / "bert")
+    init_from_bert(bert, tmp_path / "mean", pooling="mean")
+    init_from_bert(bert, tmp_path / "cls")
+    # A mean-pooled embedder beside an encoder whose config says [CLS]: the Open-QA config reads as the embedder.
+    openqa_from_pretrained(tmp_path / "mean" / "embedder", tmp_path / "cls" / "encoder", tmp_path / "openqa")
+    config = json.loads((tmp_path / "openqa" / "config.json").read_text())
+    assert config["retriever_pooling"] == "mean" and config["retriever_proj_size"] == 32

@@ -384,7 +384,9 @@ def openqa_from_pretrained(
             f"{getattr(encoder.config, k)}): RealmForOpenQA has one config for both towers"
         )
     _check_out(out_dir, overwrite)
-    config = encoder.config.copy(retriever_proj_size=embedder.config.retriever_proj_size, num_block_records=0,
+    # The towers' shared config takes the embedder's retrieval settings (its pooling too).
+    config = encoder.config.copy(retriever_proj_size=embedder.config.retriever_proj_size,
+                                 retriever_pooling=embedder.config.retriever_pooling, num_block_records=0,
                                  architectures=None)  # fmt: skip
     reader = _seeded(seed, lambda: RealmReader(config))
     state = {k: v for k, v in encoder.state_dict().items() if k.startswith(("realm.", "cls.predictions."))}
