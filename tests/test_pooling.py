@@ -71,8 +71,12 @@ def test_init_mean_pooling_scores_with_the_models_own_sentence_vectors(tmp_path:
         weights = mask[..., None].float()
         mean = (hidden * weights).sum(1) / weights.sum(1)
         score = embedder(ids, attention_mask=mask).projected_score
-    # LayerNorm of the sentence vector itself (the pooler's tanh works in its linear range).
-    torch.testing.assert_close(score, F.layer_norm(mean, (32,), eps=embedder.config.layer_norm_eps), rtol=0, atol=2e-3)
+    # LayerNorm of the sentence vector itself (the pooler's tanh works in its linear range), at a gain that makes
+    # inner products 20 x the centred cosine.
+    expected = F.layer_norm(mean, (32,), eps=embedder.config.layer_norm_eps) * (20 / 32) ** 0.5
+    torch.testing.assert_close(score, expected, rtol=0, atol=2e-3)
+    centred = F.normalize(mean - mean.mean(-1, keepdim=True), dim=-1)
+    torch.testing.assert_close(score @ score.T, 20 * centred @ centred.T, rtol=0, atol=2e-2)
 
 
 def test_init_mean_pooling_with_another_size_keeps_a_fresh_projection(tmp_path: Path) -> None:

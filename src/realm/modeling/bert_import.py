@@ -265,7 +265,7 @@ def init_from_bert(
             "mean" (`RealmConfig.retriever_pooling`), for a sentence-embedding model trained to be read by mean
             pooling. With "mean" and `proj_size` equal to the hidden size, the retrieval head starts as the
             identity (`identity_head`): the embedder scores with the source model's own sentence vectors
-            (centred and scaled by the projection's LayerNorm), so retrieval starts where the source model is.
+            (20 x their centred cosine), so retrieval starts where the source model is.
         seed: draws of the freshly initialised weights.
         overwrite: replace an existing non-empty `out_dir`.
 
@@ -335,13 +335,18 @@ def init_from_bert(
 # The pooler's tanh reads c * x: c small keeps it in its linear range for the mean of BERT hidden states (whose
 # entries are O(1)); the projection's LayerNorm removes the scale again.
 _IDENTITY_SCALE = 0.05
+# Inner products of the head's outputs are H * gain^2 times the centred cosine. Sentence-embedding models are
+# trained with a softmax over 20 * cosine (sentence-transformers' MultipleNegativesRankingLoss, all-MiniLM-L6-v2
+# included); the same scale keeps REALM's retrieval distribution and the reader's marginal over blocks as soft as
+# the model was trained for (with gain 1 and H = 384 the top block took nearly all the mass).
+RETRIEVAL_SCALE = 20.0
 
 
 @torch.no_grad()
-def identity_head(embedder: RealmEmbedder) -> None:
-    """Make `LayerNorm(dense(tanh(dense(x))))` pass the pooled vector x through: pooler c * I, projection I / c, both
-    without bias, LayerNorm's gain 1 and bias 0. Relevance is then the inner product of the centred, unit-variance
-    pooled vectors (H times their centred cosine). Needs retriever_proj_size == hidden_size."""
+def identity_head(embedder: RealmEmbedder, scale: float = RETRIEVAL_SCALE) -> None:
+    """Make `LayerNorm(dense(tanh(dense(x))))` pass the pooled vector x through: pooler c * I and projection I / c,
+    both without bias, LayerNorm's bias 0 and its gain sqrt(scale / H), so that relevance is `scale` times the
+    centred cosine of the pooled vectors. Needs retriever_proj_size == hidden_size."""
     size = embedder.config.hidden_size
     if embedder.config.retriever_proj_size != size:
         raise ValueError(f"an identity head needs retriever_proj_size == hidden_size ({size}), "
@@ -352,7 +357,7 @@ def identity_head(embedder: RealmEmbedder) -> None:
     pooler.bias.zero_()
     projection.weight.copy_(eye / _IDENTITY_SCALE)
     projection.bias.zero_()
-    embedder.cls.LayerNorm.weight.fill_(1.0)
+    embedder.cls.LayerNorm.weight.fill_((scale / size) ** 0.5)
     embedder.cls.LayerNorm.bias.zero_()
 
 
