@@ -9,21 +9,27 @@ held out: their later sentences are never trained on and are the test set, while
 (knowledge the model can read, never sentences it could memorise). Salient spans are masked (dates,
 numbers, capitalised entity runs: `realm.pretrain.masking.find_salient_spans`).
 
+Both arms start from one reader warm start (`realm.pretrain.warmstart`, cached in WORK/data/reader): the
+demo's encoder is all-MiniLM-L6-v2, a sentence-embedding model without an MLM head, so its fresh head and its
+layers from `--warm-from` up are first trained on the training articles' leads, a salient-masked sentence
+read with the rest of its lead (BERT's objective on the pre-training text; no retrieval, no held-out
+article). Its held-out accuracy, with retrieval and with the null block alone, is scored as step 0.
+
 Two arms, same sentences, steps and seeds (`realm.pretrain.pretrain` both):
-    realm   C candidates: the null block + the top C - 1 of the index, the query tower warm-started from the
-            demo's retriever (`retriever/embedder`), the index refreshed every `refresh_every` steps.
+    realm   C candidates: the null block + the top C - 1 of the index, the query tower the demo's retriever
+            (`retriever/embedder`), frozen by the config (its index then stays exact: no refresh).
     null    C = 1: the null block alone, i.e. plain masked-LM training of the same encoder.
-Then, per run: held-out masked-token accuracy (`realm.pretrain.evaluate.masked_accuracy`, the model's index
-rebuilt from its final document tower), and for the realm arm the dev questions' gold-article recall@k
-(`src/realm/demo/questions/dev.jsonl`, the questions whose article is in the corpus) before and after.
+Then, per run: held-out masked-token accuracy (`realm.pretrain.evaluate.masked_accuracy`; the index of the
+run's final document tower, the starting one when that tower did not change), and for the realm arm the dev
+questions' gold-article recall@k (`src/realm/demo/questions/dev.jsonl`, the questions whose article is in the
+corpus) before and after.
 
 Why these sentences: with the leads' in-block sentences and their source block removed (the paper's X = Z)
 or with every sentence beyond the blocks, the masked answer is in one of the top 3 retrieved blocks for
 about one mask in ten (measured: the README's section on it); `--sentences stated` (the default) keeps the
 sentences beyond the blocks whose every salient span is stated in their article's own block.
 
-    python benchmarks/pretrain_wiki.py                      # 3 seeds x 2 arms x 100 steps (more than an hour
-                                                            # on the shared 2-core machine: see the README)
+    python benchmarks/pretrain_wiki.py                      # warm start, 3 seeds x 2 arms x 60 steps
     python benchmarks/pretrain_wiki.py --seeds 0 --checkpoint last   # score runs stopped early, at last/
     python benchmarks/pretrain_wiki.py --quick --demo-cache DIR --output out.json   # the smoke test
 Writes benchmarks/results/pretrain_wiki.json (and each run's metrics.jsonl and curves under --work-dir).
@@ -60,6 +66,7 @@ from realm.pretrain.evaluate import gold_recall, masked_accuracy
 from realm.pretrain.examples import MaskedExample
 from realm.pretrain.masking import MaskingConfig, SentenceMasker, find_salient_spans
 from realm.pretrain.refresh import RefreshFiles
+from realm.pretrain.warmstart import ReaderWarmStartConfig, context_examples, warm_start_reader
 from realm.tokenization import RealmTokenizerFast
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,6 +155,42 @@ def heldout_examples(store: BlockStore, tokenizer: Any, limit: int, max_masks: i
     return [examples[i] for i in order[:limit]]
 
 
+def warm_start(work: Path, demo: Path, corpus_json: Path, articles: int, heldout: float, config: PretrainConfig,
+               warm: ReaderWarmStartConfig) -> tuple[Path, dict]:  # fmt: skip
+    """The reader both arms start from (`realm.pretrain.warmstart`): the demo's fresh MLM head and upper
+    layers trained on the training articles' leads (a sentence masked, the rest of its lead as context;
+    held-out articles never), cached in `work/data/reader`."""
+    out = work / "data" / "reader"
+    key = {"corpus": str(corpus_json), "articles": articles, "heldout": heldout, "max_length": config.joint_seq_len,
+           "query_seq_len": config.query_seq_len, "max_masks": config.max_masks, **warm.__dict__}  # fmt: skip
+    done = out / "done.json"
+    if done.is_file() and json.loads(done.read_text())["key"] == key:
+        return out / "encoder", json.loads(done.read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    source = demo / "init" / "model" / "encoder"
+    tokenizer = RealmTokenizerFast.from_pretrained(source)
+    dev_titles = tuple(sorted({r["title"] for r in data.dev_questions(None, DEV)}))
+    chosen = data.choose_subset(data.read_articles(corpus_json), articles, dev_titles)
+    documents = [split_sentences(a.extract) for a in chosen if not data.is_held_out(a.title, heldout)]
+    masker = SentenceMasker(tokenizer, MaskingConfig(query_seq_len=config.query_seq_len, max_masks=config.max_masks))
+    examples, counts = context_examples(documents, tokenizer, masker, config.joint_seq_len, seed=warm.seed)
+    encoder = RealmKnowledgeAugEncoder.from_pretrained(source)
+    rows = warm_start_reader(encoder, examples, warm)
+    encoder.save_pretrained(out / "encoder")
+    tokenizer.save_pretrained(out / "encoder")
+    info = {"key": key, "examples": len(examples), **counts, "log": rows,
+            "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+    done.write_text(json.dumps(info, indent=1))
+    return out / "encoder", info
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Do two modules hold identical tensors (a frozen tower after training: its index needs no rebuild)?"""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 # -- runs ----------------------------------------------------------------------------------------
 
 
@@ -159,17 +202,20 @@ def index_of(embedder_dir: Path, store: BlockStore, out: Path, block_tokens: int
 
 
 def evaluate_run(final: Path, candidates: int, store: BlockStore, examples: list, dev: list, gold: dict,
-                 tokenizer: Any, config: PretrainConfig, scratch: Path, any_index: Any) -> dict:  # fmt: skip
+                 tokenizer: Any, config: PretrainConfig, scratch: Path, any_index: Any,
+                 encoder_dir: Path | None = None) -> dict:  # fmt: skip
+    """Held-out masked accuracy of the towers in `final` (embedder/, encoder/ or `encoder_dir`), and the dev
+    recall of its retriever (C > 1)."""
     embedder = RealmEmbedder.from_pretrained(final / "embedder")
-    encoder = RealmKnowledgeAugEncoder.from_pretrained(final / "encoder")
+    encoder = RealmKnowledgeAugEncoder.from_pretrained(encoder_dir or final / "encoder")
     model = RealmPretrainer(embedder, embedder, encoder, store, num_candidates=candidates,
                             block_seq_len=config.block_seq_len, joint_seq_len=config.joint_seq_len)  # fmt: skip
     # C = 1 searches nothing: any index of the store will do. A checkpoint the last refresh was built from
     # (a run stopped at a refresh step) reads that refresh's index: the same vectors, without re-embedding.
     published = RefreshFiles(scratch).latest() if candidates > 1 else None
     step = json.loads((final / "trainer_state.json").read_text())["step"] if (final / "trainer_state.json").is_file() else -1
-    if candidates == 1:
-        index = any_index
+    if candidates == 1 or same_weights(embedder, RealmEmbedder.from_pretrained(Path(config.embedder))):
+        index = any_index  # C = 1 searches nothing; a frozen retriever's index is the one it started with
     elif published is not None and published.step == step:
         index = open_index(published.index)
     else:
@@ -212,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heldout", type=float, default=0.2, help="share of articles held out")
     parser.add_argument("--sentences", choices=("stated", "all"), default="stated",
                         help="stated: only sentences whose salient spans are all stated in their article's block")
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", choices=("realm", "null"), default=["realm", "null"],
                         help="train (and score) only these arms; the summary needs both")
@@ -225,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="last: train nothing, score each run's last/ checkpoint (runs stopped early; both arms "
                              "must have stopped at the same step)")
     parser.add_argument("--redraw", action="store_true", help="only draw the summary figure of --output again")
+    parser.add_argument("--warm-steps", type=int, default=300, help="reader warm-start steps (shared by both arms)")
+    parser.add_argument("--warm-from", type=int, default=3, help="first encoder layer the warm start trains")
+    parser.add_argument("--warm-lr", type=float, default=3e-4)
     args = parser.parse_args(argv)
     if args.redraw:
         print(draw_summary(json.loads(args.output.read_text()), args.output.with_suffix(".png")))
@@ -232,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.articles, args.steps, args.seeds, args.eval_sentences = min(args.articles, 300), 4, args.seeds[:1], 40
         args.set = ["refresh_every=2", "batch_size=2", "save_every=0", "log_every=1", *args.set]
+        args.warm_steps, args.warm_from = 3, 1
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     started = time.perf_counter()
     demo = args.demo_cache
@@ -242,7 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     embedder = args.work_dir / "data" / "embedder"
     if not embedder.is_dir():
         shutil.copytree(demo / "retriever" / "embedder", embedder)
-    paths = {"embedder": embedder, "encoder": demo / "init" / "model" / "encoder",
+    warm = ReaderWarmStartConfig(train_from=args.warm_from, steps=args.warm_steps, lr=args.warm_lr)
+    reader, warm_info = warm_start(args.work_dir, demo, corpus, args.articles, args.heldout, base, warm)
+    print(f"reader warm start: {warm_info['examples']} examples, {warm.steps} steps, {warm_info['seconds']} s, "
+          f"last rows {warm_info['log'][-2:]}", flush=True)  # fmt: skip
+    paths = {"embedder": embedder, "encoder": reader,
              "store": args.work_dir / "data" / "store", "sentences": args.work_dir / "data" / "sentences_train"}  # fmt: skip
     store = BlockStore.open(paths["store"])
     tokenizer = store.load_tokenizer()
@@ -254,6 +308,18 @@ def main(argv: list[str] | None = None) -> int:
     before_index = index_of(embedder, store, paths["index"], base.block_seq_len)
     before = gold_recall(RealmEmbedder.from_pretrained(embedder), tokenizer, before_index, dev, gold,
                          max_length=QUESTION_LENGTH) if dev else {}  # fmt: skip
+    # Step 0: the warm start itself, read through the initial retriever (C candidates) and the null block alone.
+    start_scores = {}
+    start = PretrainConfig.load(args.config, [f"embedder={embedder}", "encoder=x", "store=x", "output_dir=x", *args.set])
+    for arm, candidates in (("realm", base.num_candidates), ("null", 1)):
+        cached = args.work_dir / "data" / "reader" / f"heldout_score_{arm}.json"
+        if not cached.is_file():
+            score = evaluate_run(args.work_dir / "data", candidates, store, examples, [], gold, tokenizer, start,
+                                 args.work_dir / "data", before_index, encoder_dir=reader)  # fmt: skip
+            cached.write_text(json.dumps(score))
+        start_scores[arm] = json.loads(cached.read_text())
+    print(f"step 0 (warm start): held-out accuracy {start_scores['realm']['accuracy']:.4f} with C = {base.num_candidates}, "
+          f"{start_scores['null']['accuracy']:.4f} with the null block alone", flush=True)  # fmt: skip
     runs: dict[str, list[dict]] = {"realm": [], "null": []}
     for seed in args.seeds:
         for arm in args.arms:
@@ -300,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         "recall_at_5_before": before.get("recall@5"), "recall_at_5_after": statistics.fmean(after) if after else None,
         "dev_recall_before": before, "dev_questions": len(dev), "heldout_sentences": len(examples),
         "data": info, "config": base.to_dict(),
+        "warm_start": {**{k: v for k, v in warm_info.items() if k != "key"}, "config": warm.__dict__,
+                       "heldout_realm": start_scores["realm"], "heldout_null": start_scores["null"]},
         "runs": runs, "seconds": round(time.perf_counter() - started, 1),
         "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
         "command": " ".join(["python", "benchmarks/pretrain_wiki.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -350,6 +418,10 @@ def draw_summary(result: dict, out: Path) -> Path:
              label="REALM")  # fmt: skip
     bars.bar([i + width / 2 for i in range(len(seeds))], [r["accuracy"] for r in result["runs"]["null"]], width,
              label="null block only")  # fmt: skip
+    warm = result.get("warm_start", {})
+    if "heldout_realm" in warm:  # step 0: the shared warm start, read with retrieval and with the null block
+        bars.axhline(warm["heldout_realm"]["accuracy"], color="C0", linestyle=":", label="step 0, with retrieval")
+        bars.axhline(warm["heldout_null"]["accuracy"], color="C1", linestyle=":", label="step 0, null block only")
     bars.set(title=f"held-out masked-token accuracy ({result['heldout_sentences']} sentences)", xlabel="seed",
              ylabel="accuracy", xticks=range(len(seeds)), xticklabels=[str(s) for s in seeds])  # fmt: skip
     for axis in (acc, utility, recall, bars):

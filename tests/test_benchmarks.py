@@ -131,7 +131,7 @@ def test_pretrain_wiki_quick(tmp_path: Path) -> None:
     command = [sys.executable, str(WIKI_SCRIPT), "--quick", "--demo-cache", str(demo), "--corpus-json",
                str(tmp_path / "summaries.json"), "--work-dir", str(tmp_path / "work"), "--output", str(out),
                "--heldout", "0.3", "--threads", "1", "--set", "block_seq_len=24", "query_seq_len=24",
-               "joint_seq_len=48", "num_candidates=3", "freeze=query_embedder.realm.,encoder.realm.embeddings."]  # fmt: skip
+               "joint_seq_len=48", "num_candidates=3", "refresh=sync", "freeze=query_embedder.realm.,encoder.realm.embeddings."]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
     record = json.loads(out.read_text())
@@ -144,6 +144,12 @@ def test_pretrain_wiki_quick(tmp_path: Path) -> None:
     assert record["null_accuracy"] == record["runs"]["null"][0]["accuracy"]
     assert record["dev_questions"] == 2 and 0 <= record["recall_at_5_before"] <= 1 and 0 <= record["recall_at_5_after"] <= 1
     assert record["config"]["num_candidates"] == 3 and record["command"].startswith("python benchmarks/pretrain_wiki.py --quick")
+    # Both arms started from the shared reader warm start, scored at step 0 with and without retrieval.
+    warm = record["warm_start"]
+    assert warm["examples"] > 0 and warm["log"][-1]["step"] == 3 and warm["config"]["train_from"] == 1
+    assert 0 <= warm["heldout_realm"]["accuracy"] <= 1 and warm["heldout_null"]["masked_tokens"] == run["masked_tokens"]
+    assert all(Path(r["run_dir"], "pretrain_config.json").read_text().count("data/reader/encoder") == 1
+               for arm in ("realm", "null") for r in record["runs"][arm])
     # The realm run refreshed its index (quick: every 2 steps) and its curves were drawn.
     rows = [json.loads(line) for line in Path(record["runs"]["realm"][0]["run_dir"], "metrics.jsonl").read_text().splitlines()]
     assert [r["index_step"] for r in rows if r["kind"] == "train"] == [0, 2, 2, 2]  # logged after the refresh

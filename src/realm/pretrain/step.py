@@ -7,7 +7,8 @@ For a batch of masked sentences x (salient spans replaced by [MASK]):
                 sentence's own source block removed (else the masked tokens could be copied from it);
                 the null block (empty title and text) put first; K = num_candidates candidates in all.
     Re-embed.   the K candidates with the document tower WITH gradient: the index only selects blocks,
-                the scores are fresh, so the document tower learns even though the index is stale.
+                the scores are fresh, so the document tower learns even though the index is stale. (A
+                frozen document tower is not re-run: its vectors are the index's, see `embed_candidates`.)
                 retrieval_logits = q . Embed_doc(z)                               [B, K]
     Read.       the knowledge-augmented encoder over `[CLS] x [SEP] z.text [SEP]` (the original drops the
                 block's title here) -> MLM logits at the masked positions          [B, K, M, V]
@@ -209,16 +210,30 @@ class RealmPretrainer(nn.Module):
     # -- the parts ---------------------------------------------------------------------------------
 
     def embed_candidates(self, candidate_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """[B, K, D] document-tower embeddings of the candidates, as the index builder feeds blocks."""
+        """[B, K, D] document-tower embeddings of the candidates, as the index builder feeds blocks.
+
+        A frozen document tower (no parameter trains) is not run on the retrieved blocks: their vectors are
+        the index's own (`Index.reconstruct`), which that same tower wrote; re-embedding them would cost
+        a tower forward per candidate and change nothing but the dropout noise (and the index's storage
+        rounding). The null block, which no index holds, is always embedded.
+        """
         b, c = candidate_ids.shape
         real = candidate_ids[:, 1:].reshape(-1).tolist()
-        titles, texts = self.store.title_ids(real), self.store.token_ids(real)
+        reuse = self.index is not None and not any(p.requires_grad for p in self.block_embedder.parameters())
         # The null block is embedded once, as `[CLS] [SEP] [SEP]`, and shared by the batch.
         sequences = [block_inputs([], [], self.cls_id, self.sep_id, self.block_seq_len)]
-        sequences += [block_inputs(t, x, self.cls_id, self.sep_id, self.block_seq_len) for t, x in zip(titles, texts, strict=True)]
+        if not reuse:
+            titles, texts = self.store.title_ids(real), self.store.token_ids(real)
+            sequences += [block_inputs(t, x, self.cls_id, self.sep_id, self.block_seq_len) for t, x in zip(titles, texts, strict=True)]
         ids, types, mask = pad_sequences([s for s, _ in sequences], [t for _, t in sequences], self.pad_id, device)
-        emb = self.block_embedder(ids, attention_mask=mask, token_type_ids=types).projected_score  # [1 + B(K-1), D]
-        null, rest = emb[:1], emb[1:].view(b, c - 1, emb.shape[-1])
+        emb = self.block_embedder(ids, attention_mask=mask, token_type_ids=types).projected_score  # [1 (+ B(K-1)), D]
+        null = emb[:1]
+        if reuse:
+            assert self.index is not None
+            stored = self.index.reconstruct(torch.tensor(real, dtype=torch.long)) if real else emb[:0]
+            rest = stored.to(device=device, dtype=emb.dtype).view(b, c - 1, emb.shape[-1])  # [B, K - 1, D]
+        else:
+            rest = emb[1:].view(b, c - 1, emb.shape[-1])
         return torch.cat([null.expand(b, 1, -1), rest], dim=1)
 
     def joint_inputs(
