@@ -238,13 +238,15 @@ class OnnxReader:
 
 
 class OnnxQueryModule:
-    """The query tower graph where a `RealmEmbedder` is expected (`realm.qa.retrieve`, `Pipeline`): called with
-    torch tensors, returns a `RealmEmbedderOutput` whose `projected_score` [B, D] came from onnxruntime."""
+    """The query tower graph where a `RealmEmbedder` is expected (`realm.qa.retrieve`, `Pipeline`,
+    `realm.index.build.embed_blocks`): called with torch tensors, returns a `RealmEmbedderOutput` whose
+    `projected_score` [B, D] came from onnxruntime."""
 
     device = torch.device("cpu")
 
-    def __init__(self, graph: OnnxQueryTower) -> None:
+    def __init__(self, graph: OnnxQueryTower, config: RealmConfig) -> None:
         self.graph = graph
+        self.config = config
 
     def eval(self) -> OnnxQueryModule:
         return self
@@ -295,7 +297,7 @@ def onnx_towers(directory: str | os.PathLike[str], threads: int | None = None) -
     models = load_onnx(directory, threads)
     if models.reader is None:
         raise ValueError(f"{directory} holds the query tower only: export a RealmForOpenQA checkpoint for the reader")
-    return OnnxQueryModule(models.query), OnnxReaderModule(models.reader, models.config)
+    return OnnxQueryModule(models.query, models.config), OnnxReaderModule(models.reader, models.config)
 
 
 @dataclass
