@@ -54,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = REPO / "src" / "realm" / "demo" / "questions"
 EMBED_ATOL = 1e-4
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import e2e_onnx  # noqa: E402  (the ONNX variant, beside this file)
 import e2e_serve  # noqa: E402  (the serve workload, beside this file)
 
 # name -> (InferenceConfig of the pipeline, compute_dtype of the embedding); float32 first: the reference.
@@ -61,6 +62,7 @@ VARIANTS: dict[str, tuple[InferenceConfig, str]] = {
     "fp32": (InferenceConfig(), "float32"),
     "int8": (InferenceConfig(fast=True, int8="on", bf16="off"), "int8"),
     "bf16": (InferenceConfig(fast=True, int8="off", bf16="on"), "bfloat16"),
+    "onnx": (InferenceConfig(), "onnx"),  # float32 in onnxruntime: the exported graphs (e2e_onnx.py)
 }
 
 
@@ -110,15 +112,18 @@ def run_port(args: argparse.Namespace, work: Path, request: dict) -> dict | None
     return json.loads((work / "port_result.json").read_text())
 
 
-def ours_embed(run: Run, embedder_dir: Path, prefix: str, sequences: list, batch: int, pad_id: int, dtype: str) -> None:
-    if prefix:
+def ours_embed(run: Run, embedder_dir: Path, prefix: str, sequences: list, batch: int, pad_id: int, dtype: str,
+               onnx_dir: Path | None = None, threads: int = 0) -> None:  # fmt: skip
+    if onnx_dir is not None:
+        embedder = e2e_onnx.block_tower(onnx_dir, threads)
+    elif prefix:
         from realm.modeling.checkpoint import resolve_weights
 
         embedder = RealmEmbedder(realm.RealmConfig.from_pretrained(embedder_dir))
         embedder.load_checkpoint(resolve_weights(embedder_dir), prefix=prefix)
     else:
         embedder = RealmEmbedder.from_pretrained(embedder_dir)
-    embedder.eval()
+    embedder = embedder.eval()
     if dtype == "int8":
         quantize_trunk(embedder.realm.encoder)
     compute = "bfloat16" if dtype == "bfloat16" else "float32"
@@ -221,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     titles = store.titles(list(range(len(store))))
     block_of = {t: i for i, t in enumerate(titles)}
     variants = [v for v in args.variants if v != "bf16" or has_fast_bf16(torch.device("cpu")) or args.force_bf16]
+    if "onnx" in variants and e2e_onnx.missing():
+        print(f"note: the onnx variant is skipped: {e2e_onnx.missing()}")
+        variants.remove("onnx")
     load_before = os.getloadavg()
     header = {
         "command": "python benchmarks/" + " ".join([Path(__file__).name, *(argv if argv is not None else sys.argv[1:])]),
@@ -253,11 +261,18 @@ def main(argv: list[str] | None = None) -> int:
         for name in variants:
             inference, dtype = VARIANTS[name]
             run = runs[name] = Run(name)
-            ours_embed(run, embedder_dir, prefix, sequences, args.embed_batch, pad_id, dtype)
+            onnx_model = onnx_blocks = None
+            if name == "onnx":
+                onnx_model, onnx_blocks, seconds = e2e_onnx.export(bundle.model, embedder_dir, prefix, work)
+                header["onnx_export_seconds"] = seconds
+            ours_embed(run, embedder_dir, prefix, sequences, args.embed_batch, pad_id, dtype, onnx_blocks, args.threads)
             pipeline = Pipeline.from_pretrained(
                 bundle.model, bundle.store, bundle.index, sparse=False, k=bundle.k,
                 max_question_length=bundle.max_question_length, inference=inference,
             )  # fmt: skip
+            if onnx_model is not None:  # the same pipeline, its two towers the exported graphs
+                pipeline = Pipeline(*e2e_onnx.onnx_towers(onnx_model, args.threads), pipeline.store, pipeline.index,  # type: ignore[arg-type]
+                                    k=bundle.k, max_question_length=bundle.max_question_length)  # fmt: skip
             if name == "fp32":
                 queries = query_vectors(pipeline, questions[:n_dev])
             ours_ask(run, pipeline, questions, args.ask_batch, args.latency_questions)
@@ -268,7 +283,13 @@ def main(argv: list[str] | None = None) -> int:
         if port is not None:
             checks = check_against_port(runs["fp32"], port, bundle.k, store_tokenizer(bundle.store))
             print(f"fp32 agrees with the port: {json.dumps(checks)}")
-    serve = None if args.no_serve else e2e_serve.run(args, bundle_dir, questions, [v for v in variants if v != "bf16"])
+            if "onnx" in runs:  # reported, not required: onnxruntime's float32 sums in another order
+                try:
+                    checks["onnx"] = check_against_port(runs["onnx"], port, bundle.k, store_tokenizer(bundle.store))
+                except AssertionError as err:
+                    checks["onnx"] = {"same_answers": False, "difference": str(err)[:2000]}
+                print(f"onnx against the port: {json.dumps(checks['onnx'])[:400]}")
+    serve = None if args.no_serve else e2e_serve.run(args, bundle_dir, questions, [v for v in variants if v in ("fp32", "int8")])
     gold = [block_of.get(r["title"]) for r in rows[:n_dev]]
     embed_quality = {name: index_quality(run.embeddings, runs["fp32"].embeddings, queries, gold, bundle.k)
                      for name, run in runs.items()}  # fmt: skip

@@ -151,3 +151,24 @@ def test_cli_fast_flag(parts, tmp_path, capsys) -> None:
     assert main(["ask", *common, "--no-fast", QUESTIONS[0]]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert [e["block_id"] for e in fast["evidence"]] == [e["block_id"] for e in plain["evidence"]]
+
+
+@pytest.mark.parametrize("rows_per_bucket", [1, 4, 100])
+def test_bucketed_span_logits_equal_one_padded_call(rows_per_bucket: int) -> None:
+    """Buckets trimmed to their longest row give every span the score of one padded call (spans reaching
+    padding: finfo.min in both), in the layout of all T positions."""
+    from realm.modeling.reader import RealmReader
+
+    torch.manual_seed(0)
+    reader = RealmReader(tiny_config()).eval()
+    ids, mask, types = padded_rows(9, 17, 64, seed=3)
+    mask[:, :5] = 1  # every row at least max_span_width long, as reader rows are
+    block = types * mask
+    with torch.no_grad():
+        whole, starts, ends = reader.span_logits(ids, mask, types, block, bucket_rows=0)
+        bucketed, b_starts, b_ends = reader.span_logits(ids, mask, types, block, bucket_rows=rows_per_bucket)
+    assert torch.equal(starts, b_starts) and torch.equal(ends, b_ends)
+    assert bucketed.shape == whole.shape == (9, 4 * 17 - 6)
+    floor = torch.finfo(torch.float32).min
+    assert torch.equal(bucketed == floor, whole == floor)
+    torch.testing.assert_close(bucketed, whole, atol=1e-5, rtol=1e-5)

@@ -38,6 +38,8 @@ OPTIONAL = (
     ("spacy", "spacy", ("spacy",), "spacy extra: salient spans"),
     ("bm25s", "bm25s", ("bm25s",), "BM25 baseline"),
     ("matplotlib", "matplotlib", ("matplotlib",), "plots"),
+    ("onnxruntime", "onnxruntime", ("onnxruntime",), "onnx extra: realm export onnx"),
+    ("onnxscript", "onnxscript", ("onnxscript",), "onnx extra: realm export onnx"),
     ("selenium", "selenium", ("selenium",), "test extra: browser test"),
 )
 

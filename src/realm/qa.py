@@ -34,6 +34,7 @@ from torch import Tensor
 from realm.index.base import MISSING_ID, Index
 from realm.modeling.inference import run_bucketed
 from realm.modeling.outputs import RealmReaderOutput
+from realm.modeling.reader import predict_spans
 from realm.retrieval import ReaderInputs, RealmRetriever, stack_reader_inputs
 
 NULL_BLOCK = -1  # the id of the null block among retrieved candidates (pre-training)
@@ -243,13 +244,17 @@ def read(
     ]
     inputs = stack_reader_inputs([e.concat_inputs for e in encoded], retriever.tokenizer.pad_token_id, reader.device)
     r = block_ids.shape[1] if num_read is None else min(num_read, block_ids.shape[1])
-    hidden = reader.encode_blocks(
-        inputs["input_ids"][:, :r], inputs["attention_mask"][:, :r], inputs["token_type_ids"][:, :r], bucket_rows
-    )  # [B, R, T, H]
-    block_mask = inputs["block_mask"]  # [B, K', T]
+    t, n = inputs["input_ids"].shape[2], batch * r
+    # All B x R rows in one bucketed call: the span scorer too (per question, its ~30 small ops cost more than
+    # their arithmetic on a loaded CPU).
+    span_logits, starts, ends = reader.span_logits(
+        *(inputs[name][:, :r].reshape(n, t) for name in ("input_ids", "attention_mask", "token_type_ids", "block_mask")),
+        bucket_rows,
+    )  # [B*R, S], [S], [S]
+    joint = span_logits.view(batch, r, -1) + retrieval_logits[:, :r, None]  # [B, R, S]
     spans, outputs = [], []
     for b in range(batch):
-        logits, starts, ends = reader.span_scores(hidden[b], retrieval_logits[b], block_mask[b])  # [R, S], [S], [S]
+        logits = joint[b]  # [R, S]
         spans.append(SpanScores(logits, starts, ends))
         labels = {}
         if answer_ids is not None:
@@ -259,5 +264,5 @@ def read(
                 start_positions=torch.tensor(encoded[b].start_pos, dtype=torch.long, device=reader.device),  # [R, A]
                 end_positions=torch.tensor(encoded[b].end_pos, dtype=torch.long, device=reader.device),  # [R, A]
             )
-        outputs.append(reader.score_spans(logits, starts, ends, hidden.shape[2], retrieval_logits[b], **labels))
+        outputs.append(predict_spans(logits, starts, ends, t, retrieval_logits[b], **labels))
     return Reading(inputs, encoded, spans, outputs)

@@ -7,7 +7,7 @@ Verbs: `demo`; `doctor` (the environment report for a bug report); `blocks build
 `ask` and `evaluate` (questions -> answers with evidence); `serve` (HTTP API and web page);
 `finetune` (ORQA/REALM Open-QA fine-tuning); `init --from-bert` (REALM checkpoints from a BERT checkpoint);
 `pretrain` (REALM pre-training or the ICT warm start) and `pretrain-refresh` (its asynchronous index refresher);
-`plot` (a training run's metrics.jsonl -> PNG curves).
+`plot` (a training run's metrics.jsonl -> PNG curves); `export onnx` (query tower and reader -> ONNX graphs).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from realm.cli.corpus import (
     add_live_verbs,
 )
 from realm.cli.doctor import _doctor, _VersionAction
+from realm.cli.export import add_export_verbs
 from realm.cli.training import _finetune, _init, _plot, _pretrain, _pretrain_refresh
 
 __all__ = ["DEMO_CREDIT", "build_parser", "main"]
@@ -252,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0, help="seed of the freshly initialised weights")
     init.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     init.set_defaults(run=_init)
+    add_export_verbs(commands)
     return parser
 
 

@@ -18,7 +18,9 @@ The fast mode trades a little precision for speed, per machine:
 The fast mode is opt-in because none of its parts kept answers on the demo's dev questions within the
 bounds (`benchmarks/bench_e2e.py`: gold recall@5 and EM within 0.5 points of float32, top-5 overlap >= 0.99):
 int8 reader 2.0x the questions/s, recall@5 equal, EM 7.1 -> 4.8; bf16 slower than float32 here, top-5
-overlap 0.905; int8 corpus embedding 2.4x the blocks/s, top-5 overlap of its index 0.650.
+overlap 0.905; int8 corpus embedding 2.4x the blocks/s, top-5 overlap of its index 0.650. int8 on the attention
+projections alone kept EM (`benchmarks/int8_layers.py`: 7.14 as float32, 96% of answers unchanged) but saved
+only a fifth of the CPU time (1.24x), so it is not offered.
 
 Shapes: n rows, L tokens, H hidden.
 """
@@ -118,33 +120,73 @@ def autocast(config: InferenceConfig, device: torch.device) -> AbstractContextMa
 
 
 def run_bucketed(
-    fn: Callable[[Tensor, Tensor, Tensor], Tensor],
+    fn: Callable[..., Tensor],
     input_ids: Tensor,
     attention_mask: Tensor,
     token_type_ids: Tensor,
     rows: int,
     pad_to: int | None = None,
+    *,
+    extra: Tensor | None = None,
+    widen: Callable[[Tensor, int], Tensor] | None = None,
+    min_width: int = 1,
 ) -> Tensor:
-    """`fn(ids, mask, types)` over right-padded rows [n, L], in length buckets, results in the input order.
+    """`fn(ids, mask, types[, extra])` over right-padded rows [n, L], in length buckets, results in the input order.
 
     Args:
         fn: a forward of [m, l] inputs -> [m, ...] (per row, independent of the other rows).
         rows: rows per bucket (0: one call over all rows).
         pad_to: per-token outputs [m, l, H] are zero-padded back to this length (the caller's L).
+        extra: a fourth [n, L] input, cut as the others (the reader's block mask).
+        widen: (a bucket's output, its width l) -> the output as if computed over all L positions (instead of
+            `pad_to`; span scores: `realm.modeling.heads.widen_spans`).
+        min_width: no bucket is trimmed below this many positions (the reader needs T >= max_span_width).
     Returns:
         [n, ...] the rows' outputs.
     """
-    n = input_ids.shape[0]
+    n, full = input_ids.shape
+    more = () if extra is None else (extra,)
     if rows <= 0 or n == 0:
-        return fn(input_ids, attention_mask, token_type_ids)
+        return fn(input_ids, attention_mask, token_type_ids, *more)
     lengths = attention_mask.sum(dim=1)  # [n]
     order = torch.argsort(lengths, stable=True)
     parts = []
     for start in range(0, n, rows):
         idx = order[start : start + rows]
-        width = max(int(lengths[idx].max()), 1)
-        out = fn(input_ids[idx, :width], attention_mask[idx, :width], token_type_ids[idx, :width])
-        if pad_to is not None and width < pad_to:
+        width = min(max(int(lengths[idx].max()), min_width, 1), full)
+        out = fn(*(x[idx, :width] for x in (input_ids, attention_mask, token_type_ids, *more)))
+        if widen is not None:
+            out = widen(out, width)
+        elif pad_to is not None and width < pad_to:
             out = F.pad(out, (0, 0, 0, pad_to - width))  # [m, pad_to, H]
         parts.append(out)
     return torch.cat(parts)[torch.argsort(order)]
+
+
+def bucketed_span_logits(
+    fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor],
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    token_type_ids: Tensor,
+    block_mask: Tensor,
+    rows: int,
+    max_span_width: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A reader's span logits over right-padded rows [n, T] in length buckets, in the layout of all T positions.
+
+    Args:
+        fn: (ids, mask, types, block mask) [m, l] -> span logits [m, S_l] (the trunk and the span scorer).
+        rows: rows per bucket (0: one call). Each bucket's spans reaching past its width reach padding: they
+            get finfo.min, what the span scorer gives them in one padded call.
+    Returns:
+        span logits [n, S], span starts [S], ends [S] (`realm.modeling.heads.span_candidates` of T).
+    """
+    from realm.modeling.heads import span_candidates, widen_spans
+
+    t = input_ids.shape[1]
+    logits = run_bucketed(
+        fn, input_ids, attention_mask, token_type_ids, rows, extra=block_mask, min_width=max_span_width,
+        widen=lambda out, width: widen_spans(out, width, t, max_span_width),
+    )  # [n, S]  # fmt: skip
+    starts, ends = span_candidates(t, max_span_width, input_ids.device)
+    return logits, starts, ends

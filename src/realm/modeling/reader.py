@@ -11,7 +11,7 @@ import torch
 from realm.config import RealmConfig
 from realm.modeling.bert import RealmBertModel
 from realm.modeling.heads import RealmOnlyMLMHead, RealmReaderProjection
-from realm.modeling.inference import run_bucketed
+from realm.modeling.inference import bucketed_span_logits
 from realm.modeling.outputs import RealmReaderOutput
 from realm.modeling.pretrained import RealmPreTrainedModel
 from realm.objectives import correct_spans, reader_losses
@@ -86,21 +86,28 @@ class RealmReader(RealmPreTrainedModel):
         out.hidden_states, out.attentions = trunk.hidden_states, trunk.attentions
         return out.to_tuple() if return_dict is False else out
 
-    def encode_blocks(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor, bucket_rows: int = 0
-    ) -> torch.Tensor:
-        """The trunk over every question's blocks: [B, R, T] inputs -> hidden [B, R, T, H].
+    def span_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        block_mask: torch.Tensor,
+        bucket_rows: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The trunk and the span scorer over reader rows: [N, T] inputs -> span logits [N, S], starts, ends [S].
 
-        With `bucket_rows`, the B x R rows run in length buckets (`run_bucketed`: no compute on padding; the
-        hidden states of padding positions are then 0); else in one call.
+        Spans leaving the block get finfo.min. With `bucket_rows`, the rows run in length buckets
+        (`bucketed_span_logits`: no compute on padding, neither in the trunk nor among the span candidates);
+        else in one call. The joint score adds the block's retrieval logit (`span_scores`).
         """
-        b, r, t = input_ids.shape
-        hidden = run_bucketed(
-            lambda ids, mask, types: self.realm(ids, attention_mask=mask, token_type_ids=types).last_hidden_state,
-            input_ids.reshape(b * r, t), attention_mask.reshape(b * r, t), token_type_ids.reshape(b * r, t),
-            bucket_rows, pad_to=t,
-        )  # [B*R, T, H]  # fmt: skip
-        return hidden.view(b, r, t, -1)
+
+        def rows(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+            hidden = self.realm(ids, attention_mask=mask, token_type_ids=types).last_hidden_state  # [m, l, H]
+            return self.qa_outputs(hidden, block)[0]  # [m, S_l]
+
+        return bucketed_span_logits(
+            rows, input_ids, attention_mask, token_type_ids, block_mask, bucket_rows, self.config.max_span_width
+        )
 
     def span_scores(
         self, hidden: torch.Tensor, retrieval_logits: torch.Tensor, block_mask: torch.Tensor
@@ -139,44 +146,43 @@ class RealmReader(RealmPreTrainedModel):
             )
         # Read.
         reader_logits, starts, ends = self.span_scores(hidden, retrieval_logits, block_mask)  # [R, S], [S], [S]
-        return self.score_spans(reader_logits, starts, ends, t, retrieval_logits, start_positions, end_positions, has_answers)
+        return predict_spans(reader_logits, starts, ends, t, retrieval_logits, start_positions, end_positions, has_answers)
 
-    def score_spans(
-        self,
-        reader_logits: torch.Tensor,
-        starts: torch.Tensor,
-        ends: torch.Tensor,
-        seq_len: int,
-        retrieval_logits: torch.Tensor,
-        start_positions: torch.Tensor | None = None,
-        end_positions: torch.Tensor | None = None,
-        has_answers: torch.Tensor | None = None,
-    ) -> RealmReaderOutput:
-        """The prediction and losses from joint span scores (`span_scores`' output).
+def predict_spans(
+    reader_logits: torch.Tensor,
+    starts: torch.Tensor,
+    ends: torch.Tensor,
+    seq_len: int,
+    retrieval_logits: torch.Tensor,
+    start_positions: torch.Tensor | None = None,
+    end_positions: torch.Tensor | None = None,
+    has_answers: torch.Tensor | None = None,
+) -> RealmReaderOutput:
+    """The prediction and losses from joint span scores (`RealmReader.span_scores`' output).
 
-        Args:
-            reader_logits: [R, S]; starts, ends: [S]; seq_len: T. Others: as in `forward`.
-        """
-        r, t = reader_logits.shape[0], seq_len
-        block_idx = reader_logits.max(dim=1).values.argmax()  # []
-        candidate = reader_logits.max(dim=0).values.argmax()  # []
-        out = RealmReaderOutput(
-            block_idx=block_idx,
-            candidate=candidate,
-            start_pos=starts[candidate][None],  # [1]
-            end_pos=ends[candidate][None],  # [1]
-        )
-        if start_positions is None or end_positions is None or has_answers is None:
-            return out
-        # Marginalise.
-        # Positions outside [-1, T] are clamped to values no span candidate has, as in the port.
-        device = reader_logits.device
-        gold_starts = torch.as_tensor(start_positions, device=device).clamp(-1, t)[:r]  # [R, A]
-        gold_ends = torch.as_tensor(end_positions, device=device).clamp(-1, t)[:r]  # [R, A]
-        has_answers = torch.as_tensor(has_answers, device=device).bool()  # [K]
-        reader_correct = correct_spans(starts, ends, gold_starts, gold_ends)  # [R, S]
-        retriever_loss, reader_loss = reader_losses(retrieval_logits, reader_logits, has_answers, reader_correct)
-        out.loss = (retriever_loss + reader_loss).mean()
-        out.retriever_loss, out.reader_loss = retriever_loss, reader_loss
-        out.retriever_correct, out.reader_correct = has_answers, reader_correct
+    Args:
+        reader_logits: [R, S]; starts, ends: [S]; seq_len: T. Others: as in `forward`.
+    """
+    r, t = reader_logits.shape[0], seq_len
+    block_idx = reader_logits.max(dim=1).values.argmax()  # []
+    candidate = reader_logits.max(dim=0).values.argmax()  # []
+    out = RealmReaderOutput(
+        block_idx=block_idx,
+        candidate=candidate,
+        start_pos=starts[candidate][None],  # [1]
+        end_pos=ends[candidate][None],  # [1]
+    )
+    if start_positions is None or end_positions is None or has_answers is None:
         return out
+    # Marginalise.
+    # Positions outside [-1, T] are clamped to values no span candidate has, as in the port.
+    device = reader_logits.device
+    gold_starts = torch.as_tensor(start_positions, device=device).clamp(-1, t)[:r]  # [R, A]
+    gold_ends = torch.as_tensor(end_positions, device=device).clamp(-1, t)[:r]  # [R, A]
+    has_answers = torch.as_tensor(has_answers, device=device).bool()  # [K]
+    reader_correct = correct_spans(starts, ends, gold_starts, gold_ends)  # [R, S]
+    retriever_loss, reader_loss = reader_losses(retrieval_logits, reader_logits, has_answers, reader_correct)
+    out.loss = (retriever_loss + reader_loss).mean()
+    out.retriever_loss, out.reader_loss = retriever_loss, reader_loss
+    out.retriever_correct, out.reader_correct = has_answers, reader_correct
+    return out
