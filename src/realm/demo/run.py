@@ -209,7 +209,7 @@ def run_demo(
     stages.articles = len(articles)
 
     def blocks(directory: Path) -> dict[str, Any]:
-        return _build_blocks(articles, model_dir / "encoder", directory / "store", config.block_tokens, progress)
+        return data.build_blocks(articles, model_dir / "encoder", directory / "store", config.block_tokens, progress)
 
     key = {"init": init_fp, "corpus": inputs_key, "subset": config.subset, "block_tokens": config.block_tokens}
     blocks_dir, _, blocks_fp = stages.run("blocks", key, blocks)
@@ -321,28 +321,6 @@ def run_demo(
 
 
 # -- stage bodies ---------------------------------------------------------------------------------
-
-
-def _build_blocks(
-    articles: list[data.Article], tokenizer_dir: Path, out: Path, block_tokens: int, progress: bool
-) -> dict[str, Any]:
-    """One block per article: the lead's first sentences that fit `block_tokens` with the title (ORQA's
-    sentence packing; the lead's later blocks are dropped to keep the corpus one block per article)."""
-    from tqdm.auto import tqdm
-
-    from realm.corpus import BlockStore
-    from realm.corpus.blocks import BlockBuilder, BuildConfig
-    from realm.corpus.documents import Document
-    from realm.tokenization import RealmTokenizerFast
-
-    tokenizer = RealmTokenizerFast.from_pretrained(tokenizer_dir)
-    builder = BlockBuilder(tokenizer, BuildConfig(max_block_tokens=block_tokens, filter_pages=False))
-    documents = (Document(a.title, a.extract, "summaries_en-us.json", i + 1) for i, a in enumerate(articles))
-    first: dict[int, Any] = {}
-    for block in tqdm(builder.build(documents), desc="blocks", unit="block", disable=not progress):
-        first.setdefault(block.doc_id, block)
-    BlockStore.create(out, [first[d] for d in sorted(first)], tokenizer, max_block_tokens=block_tokens, overwrite=True)
-    return {"articles": len(articles), "blocks": len(first), "skipped": builder.stats.to_dict().get("skipped", {})}
 
 
 def _dev_path(config: DemoConfig) -> Path | None:
