@@ -214,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     bundle = read_bundle(args.bundle)
     bundle_dir = Path(args.bundle)
     embedder_dir, prefix = find_embedder(bundle_dir, bundle.model, args.embedder)
+    pooling = realm.RealmConfig.from_pretrained(embedder_dir).retriever_pooling
+    if pooling != "cls" and args.port_python and Path(args.port_python).exists():
+        # The port reads [CLS] whatever config.json says: its answers could not be the same, so no ratio is fair.
+        print(f"error: {embedder_dir} reads by {pooling} pooling (retriever_pooling in config.json), which the port "
+              "does not implement; compare on a [CLS] bundle (e.g. `realm demo` with DemoConfig(retriever_pooling="
+              "'cls', retriever_steps=400)), or pass --port-python '' to time realm-lm alone", file=sys.stderr)  # fmt: skip
+        return 2
     store = BlockStore.open(bundle.store)
     index_manifest = json.loads((bundle.index / "manifest.json").read_text())
     max_length = index_manifest.get("build_plan", {}).get("build", {}).get("max_length", 288)
