@@ -20,6 +20,7 @@ import torch
 
 from realm.corpus import BlockStore
 from realm.inputs import block_inputs
+from realm.modeling.bert import masked_mean
 from realm.modeling.embedder import RealmEmbedder
 from realm.tokenization import RealmTokenizerFast
 
@@ -34,8 +35,7 @@ def mean_pooled(embedder: RealmEmbedder, sequences: list[list[int]], pad_id: int
         mask = (ids != pad_id).long()
         with torch.inference_mode():
             hidden = embedder.realm(ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).last_hidden_state
-        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # [B, H]
-        out.append(torch.nn.functional.normalize(pooled, dim=-1))
+        out.append(torch.nn.functional.normalize(masked_mean(hidden, mask), dim=-1))  # [B, H]
     return torch.cat(out)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from realm.inputs import pad_sequences
+from realm.modeling.bert import masked_mean
 from realm.modeling.embedder import RealmEmbedder
 
 logger = logging.getLogger(__name__)
@@ -70,9 +71,8 @@ def encoder_features(
         ids, types, mask = pad_sequences([sequences[i][0] for i in chosen], [sequences[i][1] for i in chosen],
                                          pad_id, embedder.device)  # fmt: skip
         hidden = embedder.realm(ids, attention_mask=mask, token_type_ids=types).last_hidden_state.float()  # [B, T, H]
-        weights = mask[..., None].float()
         pooled[chosen] = embedder.realm.pooler.pool(hidden, mask).cpu()
-        mean[chosen] = torch.nn.functional.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1).cpu()
+        mean[chosen] = torch.nn.functional.normalize(masked_mean(hidden, mask), dim=-1).cpu()
     return pooled, mean
 
 

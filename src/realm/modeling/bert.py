@@ -187,6 +187,14 @@ class RealmEncoder(nn.Module):
         self.layer = nn.ModuleList(RealmLayer(config) for _ in range(config.num_hidden_layers))
 
 
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of hidden states [B, T, H] over the real tokens (attention_mask [B, T], 1 = real; None: all): [B, H]."""
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    weights = attention_mask[..., None].to(hidden.dtype)  # [B, T, 1]
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
 class RealmPooler(nn.Module):
     """`tanh(dense(x))` of the [CLS] position (BERT, REALM) or, with `config.retriever_pooling == "mean"`, of the
     mean over the real tokens (a sentence-embedding model's own reading; see `RealmConfig`)."""
@@ -199,12 +207,7 @@ class RealmPooler(nn.Module):
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """What the pooler reads of hidden states [B, T, H] (attention_mask [B, T], 1 = real token): [B, H]."""
-        if not self.mean:
-            return hidden[:, 0]
-        if attention_mask is None:
-            return hidden.mean(dim=1)
-        weights = attention_mask[..., None].to(hidden.dtype)  # [B, T, 1]
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+        return masked_mean(hidden, attention_mask) if self.mean else hidden[:, 0]
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         """[B, H] pooled vectors -> [B, H] pooler output."""
