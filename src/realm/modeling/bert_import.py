@@ -93,8 +93,11 @@ def _compact(keys: list[str]) -> str:
 # -- reading BERT ---------------------------------------------------------------------------------
 
 
-def read_bert_config(bert_dir: str | os.PathLike[str], *, proj_size: int = 128) -> RealmConfig:
-    """A RealmConfig with the BERT config's architecture (activation included) and REALM defaults otherwise."""
+def read_bert_config(
+    bert_dir: str | os.PathLike[str], *, proj_size: int | None = None, pooling: str = "cls"
+) -> RealmConfig:
+    """A RealmConfig with the BERT config's architecture (activation included), the embedders' `pooling` and
+    REALM defaults otherwise; `proj_size` None: REALM's 128, or the hidden size with pooling "mean"."""
     path = Path(bert_dir) / "config.json"
     if not Path(bert_dir).is_dir():
         raise FileNotFoundError(f"{bert_dir} is not a directory (expected a BERT checkpoint directory)")
@@ -118,7 +121,11 @@ def read_bert_config(bert_dir: str | os.PathLike[str], *, proj_size: int = 128) 
             f"{path}: position_embedding_type {data['position_embedding_type']!r}; REALM uses 'absolute'"
         )
     values = {k: data[k] for k in CARRIED_KEYS if k in data}
+    if proj_size is None:
+        defaults = RealmConfig()
+        proj_size = values.get("hidden_size", defaults.hidden_size) if pooling == "mean" else defaults.retriever_proj_size
     values["retriever_proj_size"] = proj_size
+    values["retriever_pooling"] = pooling
     values["num_block_records"] = 0
     values["architectures"] = None
     # The reader cannot read more tokens than the trunk has positions.
@@ -274,11 +281,7 @@ def init_from_bert(
     """
 
     bert_dir, out_dir = Path(bert_dir), Path(out_dir)
-    config = read_bert_config(bert_dir)
-    if proj_size is None:
-        proj_size = config.hidden_size if pooling == "mean" else config.retriever_proj_size
-    config.set("retriever_proj_size", proj_size)
-    config.set("retriever_pooling", pooling)
+    config = read_bert_config(bert_dir, proj_size=proj_size, pooling=pooling)
     tokenizer = _tokenizer(bert_dir)
     if len(tokenizer) > config.vocab_size:
         raise ValueError(
@@ -308,7 +311,7 @@ def init_from_bert(
         )
         used.discard("cls.predictions.decoder.weight")
     report.ignored = sorted(ignored + [k for k in state if k not in used])
-    if pooling == "mean" and proj_size == config.hidden_size:
+    if pooling == "mean" and config.retriever_proj_size == config.hidden_size:
         identity_head(embedder)
         report.fresh["embedder"] = [k for k in report.fresh["embedder"] if not k.startswith("cls.")]
         report.copied["embedder"] = [k for k in report.copied["embedder"] if not k.startswith("realm.pooler.")]
