@@ -30,6 +30,7 @@ from realm.modeling.bert import extended_attention_mask
 from realm.modeling.knowledge_encoder import RealmKnowledgeAugEncoder
 from realm.objectives import IGNORE_INDEX
 from realm.pretrain.masking import SentenceMasker
+from realm.train.optim import build_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ class ReaderWarmStartConfig:
     Attributes:
         train_from: the first trained layer; the embeddings and layers below it stay frozen (their outputs
             are computed once). 0 trains every layer (and recomputes nothing less).
-        steps, batch_size, lr, weight_decay, clip_norm: AdamW at a constant rate, BERT's weight decay.
+        steps, batch_size, lr, weight_decay, adam_eps, clip_norm: AdamW at a constant rate, BERT's weight decay
+            (`realm.train.optim.build_optimizer`).
         dropout: the trained layers' dropout during the warm start (the model's config is not changed).
         seed: which examples each step draws.
     """
@@ -62,6 +64,7 @@ class ReaderWarmStartConfig:
     batch_size: int = 16
     lr: float = 3e-4
     weight_decay: float = 0.01
+    adam_eps: float = 1e-8  # torch's default
     clip_norm: float = 1.0
     dropout: float = 0.1
     seed: int = 0
@@ -141,10 +144,7 @@ def warm_start_reader(
             below = hidden.hidden_states[config.train_from]  # [B, T, H]
             states += [below[r, : len(e.input_ids)].clone() for r, e in enumerate(batch)]
 
-    decay = [p for n, p in _named(trained) if not (n.endswith("bias") or "LayerNorm" in n)]
-    rest = [p for p in params if all(p is not q for q in decay)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": rest, "weight_decay": 0.0}], lr=config.lr)  # fmt: skip
+    optimizer = build_optimizer(encoder, config)  # over `params`, the only ones requiring grad
     dropouts = [m for module in trained for m in module.modules() if isinstance(m, torch.nn.Dropout)]
     saved_p = [m.p for m in dropouts]
     for m in dropouts:
@@ -193,6 +193,3 @@ def warm_start_reader(
             p.requires_grad_(True)
     return rows
 
-
-def _named(modules: Sequence[torch.nn.Module]) -> list[tuple[str, torch.nn.Parameter]]:
-    return [(name, p) for module in modules for name, p in module.named_parameters()]
