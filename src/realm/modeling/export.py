@@ -88,8 +88,7 @@ class ReaderGraph(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor, block_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        hidden = self.reader.realm(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
-        return self.reader.qa_outputs(hidden, block_mask)  # [R, S], [S], [S]
+        return self.reader.read_rows(input_ids, attention_mask, token_type_ids, block_mask)  # [R, S], [S], [S]
 
 
 @dataclass(frozen=True)

@@ -102,12 +102,18 @@ class RealmReader(RealmPreTrainedModel):
         """
 
         def rows(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
-            hidden = self.realm(ids, attention_mask=mask, token_type_ids=types).last_hidden_state  # [m, l, H]
-            return self.qa_outputs(hidden, block)[0]  # [m, S_l]
+            return self.read_rows(ids, mask, types, block)[0]  # [m, S_l]
 
         return bucketed_span_logits(
             rows, input_ids, attention_mask, token_type_ids, block_mask, bucket_rows, self.config.max_span_width
         )
+
+    def read_rows(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor, block_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The trunk and the span scorer over [R, T] rows in one call: span logits [R, S], starts, ends [S]."""
+        hidden = self.realm(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+        return self.qa_outputs(hidden, block_mask)
 
     def span_scores(
         self, hidden: torch.Tensor, retrieval_logits: torch.Tensor, block_mask: torch.Tensor
