@@ -334,6 +334,11 @@ def _block_of_title(store: Any, articles: list[data.Article]) -> dict[str, int]:
     return {articles[int(d)].title: i for i, d in enumerate(doc_ids)}
 
 
+def _texts_by_title(store: Any, block_of: dict[str, int]) -> dict[str, str]:
+    """Article title -> its block's text."""
+    return dict(zip(block_of, store.texts(list(block_of.values())), strict=True))
+
+
 def _question_inputs(tokenizer: Any, questions: list[str], max_length: int) -> list[tuple[list[int], list[int]]]:
     ids = tokenizer(questions, truncation=True, max_length=max_length)["input_ids"]
     return [(list(q), [0] * len(q)) for q in ids]
@@ -366,8 +371,7 @@ def _train_retriever(
     block_features, block_teacher = encoder_features(embedder, blocks, pad_id=pad_id, progress=progress,
                                                      desc="block features")  # fmt: skip
 
-    block_texts = store.texts(everything)
-    texts = {title: block_texts[b] for title, b in block_of.items()}
+    texts = _texts_by_title(store, block_of)
     described = [json.loads(line) for line in train_path.read_text().splitlines()]
     sentences = data.ict_queries(articles, texts, config.retriever_ict_queries, seed=config.seed)
     dev = data.dev_questions(set(block_of), _dev_path(config))
@@ -415,8 +419,7 @@ def _reader_questions(config: DemoConfig, store: Any, articles: list[data.Articl
 
     rows = [json.loads(line) for line in described.read_text().splitlines()]
     if config.reader_cloze_questions > 0:
-        block_of = _block_of_title(store, articles)
-        texts = dict(zip(block_of, store.texts(list(block_of.values())), strict=True))
+        texts = _texts_by_title(store, _block_of_title(store, articles))
         rows += data.cloze_questions(articles, texts, config.reader_cloze_questions, config.holdout_fraction, config.seed)
     order = np.random.default_rng(config.seed).permutation(len(rows))
     atomic_write_text(out, "".join(json.dumps(rows[i], ensure_ascii=False) + "\n" for i in order))
