@@ -59,11 +59,12 @@ from realm.demo import data
 from realm.eval.plots import plot_run
 from realm.index import open_index
 from realm.index.build import IndexBuildConfig, build_index
+from realm.inputs import pad_sequences
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.knowledge_encoder import RealmKnowledgeAugEncoder
 from realm.pretrain import PretrainConfig, RealmPretrainer, pretrain
 from realm.pretrain.evaluate import gold_recall, masked_accuracy
-from realm.pretrain.examples import MaskedExample
+from realm.pretrain.examples import MaskedExample, collate_masked
 from realm.pretrain.masking import MaskingConfig, SentenceMasker, find_salient_spans
 from realm.pretrain.refresh import RefreshFiles
 from realm.pretrain.warmstart import ReaderWarmStartConfig, context_examples, warm_start_reader
@@ -141,28 +142,72 @@ def prepare(work: Path, demo: Path, corpus_json: Path, articles: int, heldout: f
     return info
 
 
-def heldout_examples(store: BlockStore, tokenizer: Any, limit: int, max_masks: int) -> list[MaskedExample]:
-    """Every maskable held-out sentence once (its span drawn with a fixed seed), the first `limit` of them;
-    the same examples for every arm and seed."""
+def heldout_examples(store: BlockStore, tokenizer: Any, limit: int, max_masks: int,
+                     gold: dict[str, int]) -> tuple[list[MaskedExample], list[int]]:  # fmt: skip
+    """Every maskable held-out sentence once (its span drawn with a fixed seed), the first `limit` of them
+    (the same examples for every arm and seed), and each one's article's block in Z (`gold`: title -> block;
+    used only to diagnose, never given to a model)."""
     masker = SentenceMasker(tokenizer, MaskingConfig(max_masks=max_masks))
-    examples = []
+    examples, own = [], []
+    titles = store.titles(range(len(store)))
     for block, text in enumerate(store.texts(range(len(store)))):
         for j, sentence in enumerate(split_sentences(text)):
             masked = masker(sentence, np.random.default_rng([EVAL_SEED, block, j]))
             if masked.skip is None:
                 examples.append(MaskedExample(masked.input_ids, masked.labels, -1))
-    order = np.random.default_rng(EVAL_SEED).permutation(len(examples))
-    return [examples[i] for i in order[:limit]]
+                own.append(gold[titles[block]])
+    order = np.random.default_rng(EVAL_SEED).permutation(len(examples))[:limit]
+    return [examples[i] for i in order], [own[i] for i in order]
+
+
+@torch.no_grad()
+def own_block_ranks(embedder_dir: Path, index: Any, examples: list[MaskedExample], own: list[int],
+                    pad_id: int, depths: tuple[int, ...] = (1, 2, 4, 8)) -> dict[str, float]:  # fmt: skip
+    """How often the retriever puts a held-out sentence's own article in its top d (masked sentence as query):
+    what retrieval can give the reader, since only that block is sure to state the masked words."""
+    embedder = RealmEmbedder.from_pretrained(embedder_dir).eval()
+    hits = np.zeros(len(depths))
+    for start in range(0, len(examples), 32):
+        batch = collate_masked(examples[start : start + 32], pad_id)
+        query = embedder(batch["input_ids"], attention_mask=batch["attention_mask"]).projected_score  # [B, D]
+        found = index.search(query, max(depths)).ids  # [B, max depth]
+        for row, block in zip(found.tolist(), own[start : start + 32], strict=True):
+            hits += [block in row[:d] for d in depths]
+    return {f"top{d}": float(h) / len(examples) for d, h in zip(depths, hits, strict=True)}
+
+
+@torch.no_grad()
+def own_block_accuracy(encoder_dir: Path, store: BlockStore, examples: list[MaskedExample], own: list[int],
+                       max_length: int) -> float:  # fmt: skip
+    """Masked-token accuracy of a reader given each held-out sentence's own article's block (and nothing
+    else): the most that retrieving the right block lets it reach."""
+    encoder = RealmKnowledgeAugEncoder.from_pretrained(encoder_dir).eval()
+    _, sep_id, pad_id = store.special_ids
+    correct = total = 0
+    for start in range(0, len(examples), 16):
+        batch = examples[start : start + 16]
+        rows = [(e.input_ids + list(t)[: max_length - len(e.input_ids) - 1] + [sep_id])
+                for e, t in zip(batch, store.token_ids(own[start : start + 16]), strict=True)]  # fmt: skip
+        types = [[0] * len(e.input_ids) + [1] * (len(r) - len(e.input_ids)) for e, r in zip(batch, rows, strict=True)]
+        ids, types, mask = pad_sequences(rows, types, pad_id, torch.device("cpu"))
+        logits = encoder(ids, attention_mask=mask, token_type_ids=types).logits  # [B, T, V]
+        for r, e in enumerate(batch):
+            labels = torch.tensor(e.labels)
+            at = (labels != -100).nonzero().flatten()
+            correct += int((logits[r, at].argmax(-1) == labels[at]).sum())
+            total += len(at)
+    return correct / max(total, 1)
 
 
 def warm_start(work: Path, demo: Path, corpus_json: Path, articles: int, heldout: float, config: PretrainConfig,
-               warm: ReaderWarmStartConfig) -> tuple[Path, dict]:  # fmt: skip
+               warm: ReaderWarmStartConfig, per_document: int) -> tuple[Path, dict]:  # fmt: skip
     """The reader both arms start from (`realm.pretrain.warmstart`): the demo's fresh MLM head and upper
-    layers trained on the training articles' leads (a sentence masked, the rest of its lead as context;
-    held-out articles never), cached in `work/data/reader`."""
+    layers trained on the training articles' leads (up to `per_document` sentences of each lead masked in
+    turn, the rest of its lead as context; held-out articles never), cached in `work/data/reader`."""
     out = work / "data" / "reader"
     key = {"corpus": str(corpus_json), "articles": articles, "heldout": heldout, "max_length": config.joint_seq_len,
-           "query_seq_len": config.query_seq_len, "max_masks": config.max_masks, **warm.__dict__}  # fmt: skip
+           "query_seq_len": config.query_seq_len, "max_masks": config.max_masks, "per_document": per_document,
+           **warm.__dict__}  # fmt: skip
     done = out / "done.json"
     if done.is_file() and json.loads(done.read_text())["key"] == key:
         return out / "encoder", json.loads(done.read_text())
@@ -174,7 +219,8 @@ def warm_start(work: Path, demo: Path, corpus_json: Path, articles: int, heldout
     chosen = data.choose_subset(data.read_articles(corpus_json), articles, dev_titles)
     documents = [split_sentences(a.extract) for a in chosen if not data.is_held_out(a.title, heldout)]
     masker = SentenceMasker(tokenizer, MaskingConfig(query_seq_len=config.query_seq_len, max_masks=config.max_masks))
-    examples, counts = context_examples(documents, tokenizer, masker, config.joint_seq_len, seed=warm.seed)
+    examples, counts = context_examples(documents, tokenizer, masker, config.joint_seq_len, per_document=per_document,
+                                        seed=warm.seed)  # fmt: skip
     encoder = RealmKnowledgeAugEncoder.from_pretrained(source)
     rows = warm_start_reader(encoder, examples, warm)
     encoder.save_pretrained(out / "encoder")
@@ -204,22 +250,24 @@ def index_of(embedder_dir: Path, store: BlockStore, out: Path, block_tokens: int
 def evaluate_run(final: Path, candidates: int, store: BlockStore, examples: list, dev: list, gold: dict,
                  tokenizer: Any, config: PretrainConfig, scratch: Path, any_index: Any,
                  encoder_dir: Path | None = None) -> dict:  # fmt: skip
-    """Held-out masked accuracy of the towers in `final` (embedder/, encoder/ or `encoder_dir`), and the dev
-    recall of its retriever (C > 1)."""
+    """Held-out masked accuracy of the towers in `final` (embedder/, block_embedder/ when the towers are not
+    shared, encoder/ or `encoder_dir`), and the dev recall of its retriever (C > 1)."""
     embedder = RealmEmbedder.from_pretrained(final / "embedder")
+    block_dir = final / "block_embedder" if (final / "block_embedder").is_dir() else final / "embedder"
+    block_embedder = RealmEmbedder.from_pretrained(block_dir) if block_dir.name == "block_embedder" else embedder
     encoder = RealmKnowledgeAugEncoder.from_pretrained(encoder_dir or final / "encoder")
-    model = RealmPretrainer(embedder, embedder, encoder, store, num_candidates=candidates,
+    model = RealmPretrainer(embedder, block_embedder, encoder, store, num_candidates=candidates,
                             block_seq_len=config.block_seq_len, joint_seq_len=config.joint_seq_len)  # fmt: skip
     # C = 1 searches nothing: any index of the store will do. A checkpoint the last refresh was built from
     # (a run stopped at a refresh step) reads that refresh's index: the same vectors, without re-embedding.
     published = RefreshFiles(scratch).latest() if candidates > 1 else None
     step = json.loads((final / "trainer_state.json").read_text())["step"] if (final / "trainer_state.json").is_file() else -1
-    if candidates == 1 or same_weights(embedder, RealmEmbedder.from_pretrained(Path(config.embedder))):
-        index = any_index  # C = 1 searches nothing; a frozen retriever's index is the one it started with
+    if candidates == 1 or same_weights(block_embedder, RealmEmbedder.from_pretrained(Path(config.embedder))):
+        index = any_index  # C = 1 searches nothing; a frozen document tower's index is the one it started with
     elif published is not None and published.step == step:
         index = open_index(published.index)
     else:
-        index = index_of(final / "embedder", store, scratch / "final_index", config.block_seq_len)
+        index = index_of(block_dir, store, scratch / "final_index", config.block_seq_len)
     model.set_index(index)
     score = masked_accuracy(model, examples, exclude_source=False).to_dict()
     if candidates > 1 and dev:
@@ -271,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="last: train nothing, score each run's last/ checkpoint (runs stopped early; both arms "
                              "must have stopped at the same step)")
     parser.add_argument("--redraw", action="store_true", help="only draw the summary figure of --output again")
-    parser.add_argument("--warm-steps", type=int, default=300, help="reader warm-start steps (shared by both arms)")
+    parser.add_argument("--warm-steps", type=int, default=900, help="reader warm-start steps (shared by both arms)")
+    parser.add_argument("--warm-per-document", type=int, default=3,
+                        help="warm-start examples per training lead (each a different sentence masked)")
     parser.add_argument("--warm-from", type=int, default=3, help="first encoder layer the warm start trains")
     parser.add_argument("--warm-lr", type=float, default=3e-4)
     args = parser.parse_args(argv)
@@ -293,16 +343,17 @@ def main(argv: list[str] | None = None) -> int:
     if not embedder.is_dir():
         shutil.copytree(demo / "retriever" / "embedder", embedder)
     warm = ReaderWarmStartConfig(train_from=args.warm_from, steps=args.warm_steps, lr=args.warm_lr)
-    reader, warm_info = warm_start(args.work_dir, demo, corpus, args.articles, args.heldout, base, warm)
+    reader, warm_info = warm_start(args.work_dir, demo, corpus, args.articles, args.heldout, base, warm,
+                                   args.warm_per_document)  # fmt: skip
     print(f"reader warm start: {warm_info['examples']} examples, {warm.steps} steps, {warm_info['seconds']} s, "
           f"last rows {warm_info['log'][-2:]}", flush=True)  # fmt: skip
     paths = {"embedder": embedder, "encoder": reader,
              "store": args.work_dir / "data" / "store", "sentences": args.work_dir / "data" / "sentences_train"}  # fmt: skip
     store = BlockStore.open(paths["store"])
     tokenizer = store.load_tokenizer()
-    examples = heldout_examples(BlockStore.open(args.work_dir / "data" / "sentences_heldout"), tokenizer,
-                                args.eval_sentences, base.max_masks)  # fmt: skip
     gold = json.loads((args.work_dir / "data" / "gold.json").read_text())
+    examples, own = heldout_examples(BlockStore.open(args.work_dir / "data" / "sentences_heldout"), tokenizer,
+                                     args.eval_sentences, base.max_masks, gold)  # fmt: skip
     dev = [json.loads(line) for line in (args.work_dir / "data" / "dev.jsonl").read_text().splitlines()]
     paths["index"], paths["dev"] = args.work_dir / "data" / "index_before", args.work_dir / "data" / "dev.jsonl"
     before_index = index_of(embedder, store, paths["index"], base.block_seq_len)
@@ -318,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
                                  args.work_dir / "data", before_index, encoder_dir=reader)  # fmt: skip
             cached.write_text(json.dumps(score))
         start_scores[arm] = json.loads(cached.read_text())
+    diagnosis = {"own_block_retrieved": own_block_ranks(embedder, before_index, examples, own, store.special_ids[2]),
+                 "own_block_accuracy": own_block_accuracy(reader, store, examples, own, base.joint_seq_len)}  # fmt: skip
+    print(f"held-out sentences: own article's block retrieved {diagnosis['own_block_retrieved']}; the warm start "
+          f"reading that block alone: accuracy {diagnosis['own_block_accuracy']:.4f}", flush=True)  # fmt: skip
     print(f"step 0 (warm start): held-out accuracy {start_scores['realm']['accuracy']:.4f} with C = {base.num_candidates}, "
           f"{start_scores['null']['accuracy']:.4f} with the null block alone", flush=True)  # fmt: skip
     runs: dict[str, list[dict]] = {"realm": [], "null": []}
@@ -367,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         "dev_recall_before": before, "dev_questions": len(dev), "heldout_sentences": len(examples),
         "data": info, "config": base.to_dict(),
         "warm_start": {**{k: v for k, v in warm_info.items() if k != "key"}, "config": warm.__dict__,
-                       "heldout_realm": start_scores["realm"], "heldout_null": start_scores["null"]},
+                       "heldout_realm": start_scores["realm"], "heldout_null": start_scores["null"],
+                       "heldout_own_block": diagnosis["own_block_accuracy"]},
+        "heldout_own_block_retrieved": diagnosis["own_block_retrieved"],
         "runs": runs, "seconds": round(time.perf_counter() - started, 1),
         "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
         "command": " ".join(["python", "benchmarks/pretrain_wiki.py", *(argv if argv is not None else sys.argv[1:])]),
