@@ -4,7 +4,8 @@ On a bundle (dense retrieval; the query tower stays float32, so the blocks retri
 each variant: EM and gold recall@5 on the 210 dev questions, the share of answers equal to the first
 variant's, questions/s and CPU seconds (batches of 32), one JSON line per variant. Variants quantise the
 attention projections (q, k, v, attention output), the feed-forward layers, or every linear layer of the
-first layers; `int8_all` is what `--fast` does.
+first layers (weights per tensor); `fast` is what `--fast` does (`realm.modeling.inference.quantize_trunk`:
+attention and feed-forward input layers, weights per output channel).
 
     python benchmarks/int8_layers.py BUNDLE_DIR [VARIANT ...]     # default: every variant
 """
@@ -27,6 +28,7 @@ from bench_e2e import cpu_seconds, load_questions  # noqa: E402
 from realm.bundle import read_bundle  # noqa: E402
 from realm.corpus import BlockStore  # noqa: E402
 from realm.eval.metrics import exact_match  # noqa: E402
+from realm.modeling.inference import quantize_trunk  # noqa: E402
 from realm.pipeline import Pipeline  # noqa: E402
 
 ATTENTION = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"]
@@ -37,8 +39,9 @@ def layers(indices: range, parts: list[str]) -> set[str]:
     return {f"realm.encoder.layer.{i}.{part}" for i in indices for part in parts}
 
 
-VARIANTS: dict[str, set[str] | None] = {
+VARIANTS: dict[str, set[str] | str | None] = {
     "fp32": None,
+    "fast": "quantize_trunk",
     "int8_all": layers(range(6), ATTENTION + FEED_FORWARD),
     "int8_ffn": layers(range(6), FEED_FORWARD),
     "int8_att": layers(range(6), ATTENTION),
@@ -59,7 +62,9 @@ def main(argv: list[str]) -> int:
         pipeline = Pipeline.from_pretrained(bundle.model, bundle.store, bundle.index, sparse=False, k=bundle.k,
                                             max_question_length=bundle.max_question_length)  # fmt: skip
         modules = VARIANTS[name]
-        if modules:
+        if modules == "quantize_trunk":
+            quantize_trunk(pipeline.reader.realm.encoder)
+        elif modules:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic

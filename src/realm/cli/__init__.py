@@ -158,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help='answers below this probability are "not sure" (default: the bundle\'s, else 0.3)')  # fmt: skip
         sub.add_argument("--device", default="cpu")
         sub.add_argument("--fast", action=argparse.BooleanOptionalAction, default=False,
-                         help="fast inference: int8 reader trunk on a CPU, ~2x the questions/s; costs answers "
-                              "(demo dev EM 7.1 -> 4.8; realm.modeling.inference)")  # fmt: skip
+                         help="fast inference: int8 attention and feed-forward input layers of the reader on a CPU, "
+                              "1.3-1.8x the questions/s; changes some answers, not EM on the demo "
+                              "(realm.modeling.inference)")  # fmt: skip
 
     ask = commands.add_parser("ask", help="answer questions, with the evidence blocks")
     ask.add_argument("questions", nargs="*", help="questions (default: one per line on stdin)")
