@@ -12,8 +12,10 @@ numbers, capitalised entity runs: `realm.pretrain.masking.find_salient_spans`).
 Both arms start from one reader warm start (`realm.pretrain.warmstart`, cached in WORK/data/reader): the
 demo's encoder is all-MiniLM-L6-v2, a sentence-embedding model without an MLM head, so its fresh head and its
 layers from `--warm-from` up are first trained on the training articles' leads, a salient-masked sentence
-read with the rest of its lead (BERT's objective on the pre-training text; no retrieval, no held-out
-article). Its held-out accuracy, with retrieval and with the null block alone, is scored as step 0.
+read with the rest of its lead (`--warm-per-document` sentences of each lead, `--warm-steps` steps; BERT's
+objective on the pre-training text; no retrieval, no held-out article). Its held-out accuracy, with retrieval
+and with the null block alone, is scored as step 0, and so is the most retrieval can give: its accuracy when
+it reads each sentence's own article's block, and how often the retriever ranks that block high.
 
 Two arms, same sentences, steps and seeds (`realm.pretrain.pretrain` both):
     realm   C candidates: the null block + the top C - 1 of the index, the query tower the demo's retriever
@@ -338,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus = args.corpus_json or demo / "wheels" / "summaries_en-us.json"
     base = PretrainConfig.load(args.config, ["embedder=x", "encoder=x", "store=x", "output_dir=x", *args.set])
     info = prepare(args.work_dir, demo, corpus, args.articles, args.heldout, base.block_seq_len, args.sentences)
-    # The warm start is copied once: the demo's cache may be rebuilt while we run.
+    # The retriever is copied once: the demo's cache may be rebuilt while we run.
     embedder = args.work_dir / "data" / "embedder"
     if not embedder.is_dir():
         shutil.copytree(demo / "retriever" / "embedder", embedder)
