@@ -65,8 +65,8 @@ from realm.inputs import pad_sequences
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.knowledge_encoder import RealmKnowledgeAugEncoder
 from realm.pretrain import PretrainConfig, RealmPretrainer, pretrain
-from realm.pretrain.evaluate import gold_recall, masked_accuracy
-from realm.pretrain.examples import MaskedExample, collate_masked
+from realm.pretrain.evaluate import block_recall, gold_recall, masked_accuracy
+from realm.pretrain.examples import MaskedExample
 from realm.pretrain.masking import MaskingConfig, SentenceMasker, find_salient_spans
 from realm.pretrain.refresh import RefreshFiles
 from realm.pretrain.warmstart import ReaderWarmStartConfig, context_examples, warm_start_reader
@@ -163,22 +163,6 @@ def heldout_examples(store: BlockStore, tokenizer: Any, limit: int, max_masks: i
 
 
 @torch.no_grad()
-def own_block_ranks(embedder_dir: Path, index: Any, examples: list[MaskedExample], own: list[int],
-                    pad_id: int, depths: tuple[int, ...] = (1, 2, 4, 8)) -> dict[str, float]:  # fmt: skip
-    """How often the retriever puts a held-out sentence's own article in its top d (masked sentence as query):
-    what retrieval can give the reader, since only that block is sure to state the masked words."""
-    embedder = RealmEmbedder.from_pretrained(embedder_dir).eval()
-    hits = np.zeros(len(depths))
-    for start in range(0, len(examples), 32):
-        batch = collate_masked(examples[start : start + 32], pad_id)
-        query = embedder(batch["input_ids"], attention_mask=batch["attention_mask"]).projected_score  # [B, D]
-        found = index.search(query, max(depths)).ids  # [B, max depth]
-        for row, block in zip(found.tolist(), own[start : start + 32], strict=True):
-            hits += [block in row[:d] for d in depths]
-    return {f"top{d}": float(h) / len(examples) for d, h in zip(depths, hits, strict=True)}
-
-
-@torch.no_grad()
 def own_block_accuracy(encoder_dir: Path, store: BlockStore, examples: list[MaskedExample], own: list[int],
                        max_length: int) -> float:  # fmt: skip
     """Masked-token accuracy of a reader given each held-out sentence's own article's block (and nothing
@@ -255,8 +239,9 @@ def evaluate_run(final: Path, candidates: int, store: BlockStore, examples: list
     """Held-out masked accuracy of the towers in `final` (embedder/, block_embedder/ when the towers are not
     shared, encoder/ or `encoder_dir`), and the dev recall of its retriever (C > 1)."""
     embedder = RealmEmbedder.from_pretrained(final / "embedder")
-    block_dir = final / "block_embedder" if (final / "block_embedder").is_dir() else final / "embedder"
-    block_embedder = RealmEmbedder.from_pretrained(block_dir) if block_dir.name == "block_embedder" else embedder
+    unshared = (final / "block_embedder").is_dir()
+    block_dir = final / ("block_embedder" if unshared else "embedder")
+    block_embedder = RealmEmbedder.from_pretrained(block_dir) if unshared else embedder
     encoder = RealmKnowledgeAugEncoder.from_pretrained(encoder_dir or final / "encoder")
     model = RealmPretrainer(embedder, block_embedder, encoder, store, num_candidates=candidates,
                             block_seq_len=config.block_seq_len, joint_seq_len=config.joint_seq_len)  # fmt: skip
@@ -371,7 +356,11 @@ def main(argv: list[str] | None = None) -> int:
                                  args.work_dir / "data", before_index, encoder_dir=reader)  # fmt: skip
             cached.write_text(json.dumps(score))
         start_scores[arm] = json.loads(cached.read_text())
-    diagnosis = {"own_block_retrieved": own_block_ranks(embedder, before_index, examples, own, store.special_ids[2]),
+    # What retrieval can give the reader: how often the masked sentence, as the query, finds its own article's
+    # block (the one block sure to state the masked words), and the warm start's accuracy when reading it.
+    found = block_recall(RealmEmbedder.from_pretrained(embedder), before_index, [e.input_ids for e in examples], own,
+                         store.special_ids[2], ks=(1, 2, 4, 8))  # fmt: skip
+    diagnosis = {"own_block_retrieved": {k.replace("recall@", "top"): v for k, v in found.items()},
                  "own_block_accuracy": own_block_accuracy(reader, store, examples, own, base.joint_seq_len)}  # fmt: skip
     print(f"held-out sentences: own article's block retrieved {diagnosis['own_block_retrieved']}; the warm start "
           f"reading that block alone: accuracy {diagnosis['own_block_accuracy']:.4f}", flush=True)  # fmt: skip

@@ -356,6 +356,29 @@ def test_masked_accuracy_is_the_step_s_counts_over_all_batches(corpus) -> None:
     assert kept.accuracy == pytest.approx(float(free.correct / free.masked_tokens))
 
 
+def test_block_recall_matches_ranks_computed_by_hand() -> None:
+    from realm.pretrain.evaluate import block_recall
+
+    torch.manual_seed(0)
+    config = RealmConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+                         retriever_proj_size=8, max_position_embeddings=32)  # fmt: skip
+    embedder = RealmEmbedder(config).eval()
+    blocks = torch.randn(12, 8)
+    queries = [[2, 5 + i, 7 + (i * 3) % 20, 3][: 3 + i % 2] for i in range(7)]  # lengths 3 and 4: padded batches
+    gold = [0, 3, 5, 7, 11, 2, 9]
+    with torch.no_grad():  # each query alone, unpadded, and its gold block's rank among the 12 by inner product
+        ranks = []
+        for q, g in zip(queries, gold, strict=True):
+            scores = blocks @ embedder(torch.tensor([q])).projected_score[0]  # [12]
+            ranks.append(int((scores > scores[g]).sum()))
+    expected = {f"recall@{k}": sum(r < k for r in ranks) / len(queries) for k in (1, 2, 5)}
+    assert 0 < expected["recall@2"] < 1  # the check can tell hits from misses
+    got = block_recall(embedder, ExactIndex(blocks), queries, gold, pad_id=0, ks=(1, 2, 5), batch_size=3)
+    assert got == pytest.approx(expected)
+    with pytest.raises(ValueError, match="one gold block each"):
+        block_recall(embedder, ExactIndex(blocks), queries, gold[:-1], pad_id=0)
+
+
 def test_frozen_prefixes_do_not_train_and_unknown_ones_are_refused(corpus, tmp_path) -> None:
     frozen = "query_embedder.realm.,encoder.realm.embeddings.,encoder.realm.encoder.layer.0."
     result = pretrain(run_config(corpus, tmp_path / "run", num_steps=2, refresh="never", freeze=frozen))

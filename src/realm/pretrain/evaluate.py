@@ -5,6 +5,7 @@
                       numbers, without gradient or dropout)
     gold_recall       the query tower against an index: the share of questions whose gold block is among
                       the first k (the paper's point that pre-training improves the retriever)
+    block_recall      the same for queries already tokenised, each with its gold block id
 
 Shapes: B batch, Q question tokens, D projection dim, N blocks.
 """
@@ -100,23 +101,40 @@ def gold_recall(
     """
     if not questions:
         raise ValueError("gold_recall needs at least one question")
+    gold = [gold_block[str(r["title"])] for r in questions]
+    ids = [tokenizer(str(r["question"]), truncation=True, max_length=max_length)["input_ids"] for r in questions]
+    return block_recall(embedder, index, ids, gold, tokenizer.pad_token_id, ks=ks, batch_size=batch_size)
+
+
+@torch.no_grad()
+def block_recall(
+    embedder: torch.nn.Module,
+    index: Index,
+    queries: Sequence[Sequence[int]],
+    gold: Sequence[int],
+    pad_id: int,
+    *,
+    ks: Sequence[int] = (1, 5, 20),
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Share of `queries` (token ids, special tokens included) whose block `gold[i]` is among the first k
+    blocks `index` returns for the query tower `embedder`'s embedding, for each k."""
+    if not queries or len(queries) != len(gold):
+        raise ValueError(f"block_recall needs queries and one gold block each, got {len(queries)} and {len(gold)}")
     was_training = embedder.training
     embedder.eval()
     device = next(embedder.parameters()).device
     depth = min(max(ks), len(index))
     hits = {k: 0 for k in ks}
     try:
-        for start in range(0, len(questions), batch_size):
-            rows = questions[start : start + batch_size]
-            ids = [tokenizer(str(r["question"]), truncation=True, max_length=max_length)["input_ids"] for r in rows]
-            input_ids, mask = collate_questions(ids, tokenizer.pad_token_id)  # [B, Q] each
+        for start in range(0, len(queries), batch_size):
+            input_ids, mask = collate_questions(list(queries[start : start + batch_size]), pad_id)  # [B, Q] each
             query = embedder(input_ids.to(device), attention_mask=mask.to(device),
                              token_type_ids=torch.zeros_like(input_ids).to(device)).projected_score  # [B, D]
             found = index.search(query.float().cpu(), depth).ids.tolist()  # [B, depth]
-            for row, got in zip(rows, found, strict=True):
-                gold = gold_block[str(row["title"])]
+            for block, got in zip(gold[start : start + batch_size], found, strict=True):
                 for k in ks:
-                    hits[k] += gold in got[:k]
+                    hits[k] += block in got[:k]
     finally:
         embedder.train(was_training)
-    return {f"recall@{k}": hits[k] / len(questions) for k in ks}
+    return {f"recall@{k}": hits[k] / len(queries) for k in ks}
