@@ -344,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     dev = [json.loads(line) for line in (args.work_dir / "data" / "dev.jsonl").read_text().splitlines()]
     paths["index"], paths["dev"] = args.work_dir / "data" / "index_before", args.work_dir / "data" / "dev.jsonl"
     before_index = index_of(embedder, store, paths["index"], base.block_seq_len)
-    before = gold_recall(RealmEmbedder.from_pretrained(embedder), tokenizer, before_index, dev, gold,
+    retriever = RealmEmbedder.from_pretrained(embedder)  # the starting query tower, for the figures before training
+    before = gold_recall(retriever, tokenizer, before_index, dev, gold,
                          max_length=QUESTION_LENGTH) if dev else {}  # fmt: skip
     # Step 0: the warm start itself, read through the initial retriever (C candidates) and the null block alone.
     start_scores = {}
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         start_scores[arm] = json.loads(cached.read_text())
     # What retrieval can give the reader: how often the masked sentence, as the query, finds its own article's
     # block (the one block sure to state the masked words), and the warm start's accuracy when reading it.
-    found = block_recall(RealmEmbedder.from_pretrained(embedder), before_index, [e.input_ids for e in examples], own,
+    found = block_recall(retriever, before_index, [e.input_ids for e in examples], own,
                          store.special_ids[2], ks=(1, 2, 4, 8))  # fmt: skip
     diagnosis = {"own_block_retrieved": {k.replace("recall@", "top"): v for k, v in found.items()},
                  "own_block_accuracy": own_block_accuracy(reader, store, examples, own, base.joint_seq_len)}  # fmt: skip
