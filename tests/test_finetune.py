@@ -381,6 +381,42 @@ def test_frozen_query_tower_trains_the_reader_only(kb, tmp_path) -> None:
     assert changed, "the reader must still train"
 
 
+def test_drop_unread_trains_only_on_questions_whose_answer_is_read(kb, tmp_path) -> None:
+    """With the query tower frozen, the questions whose answer is in none of the R blocks read are dropped
+    before training: every step then reads an answer for every question (answer_read 1.0), and the kept
+    count is the one a step's own labels give."""
+    config = run_config(kb, tmp_path / "out", num_steps=3, reader_beam_size=2, train_query_tower=False, drop_unread=True)
+    store = BlockStore.open(kb["store"])
+    tokenizer = RealmTokenizerFast.from_pretrained(kb["store"] / "tokenizer")
+    embedder, reader = load_towers(kb["init"], RealmConfig.from_pretrained(kb["init"]), torch.device("cpu"))
+    finetuner = OpenQAFinetuner(embedder, reader, store, open_index(kb["index"]), tokenizer, 16, 2, 40)
+    finetuner.embedder.requires_grad_(False)
+    finetuner.train()
+    assert finetuner.reader.training and not finetuner.embedder.training  # a frozen tower: no dropout
+    rows = [json.loads(line) for line in kb["train"].read_text().splitlines()]
+    encoded = encode_questions(tokenizer, [r["question"] for r in rows], [r["answer"] for r in rows], 32)
+    input_ids, attention_mask = collate_questions(encoded.question_ids, tokenizer.pad_token_id)
+    readable = finetuner.answer_readable(input_ids, attention_mask, encoded.answer_ids)
+    out = finetuner(input_ids, attention_mask, encoded.answer_ids)
+    assert torch.equal(readable, out.answer_read.cpu())  # the same labels as a training step's
+    assert 0 < int(readable.sum()) < len(rows), "the check needs both kinds of question"
+
+    finetune(config)
+    metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0] == {"kind": "data", "questions": len(rows), "readable": int(readable.sum())}
+    assert [r["answer_read"] for r in train_rows(tmp_path / "out")] == [1.0, 1.0, 1.0]
+    # No question readable (no block says "what"): the run still happens, on all of them, and says so.
+    unreadable = tmp_path / "unreadable.jsonl"
+    unreadable.write_text("".join(json.dumps({"question": r["question"], "answer": ["what"]}) + "\n" for r in rows))
+    finetune(run_config(kb, tmp_path / "none", num_steps=1, reader_beam_size=2, train_query_tower=False,
+                        drop_unread=True, train=str(unreadable)))  # fmt: skip
+    metrics = [json.loads(line) for line in (tmp_path / "none" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0] == {"kind": "data", "questions": len(rows), "readable": 0}
+    assert [r["answer_read"] for r in train_rows(tmp_path / "none")] == [0.0]
+    with pytest.raises(ValueError, match="drop_unread needs train_query_tower=false"):
+        run_config(kb, tmp_path / "x", drop_unread=True, train_query_tower=True)
+
+
 def test_cli_finetune_with_the_tiny_config(kb, tmp_path, capsys) -> None:
     from realm.cli import main
 

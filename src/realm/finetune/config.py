@@ -39,6 +39,11 @@ class FinetuneConfig(FlatTomlConfig, StepSchedule):
         reader_beam_size: R, the top blocks read (ORQA: 5); also the blocks read at evaluation.
         max_span_width: longest answer span in wordpieces; None keeps the model config's (ORQA: 10).
         reader_seq_len: tokens of `[CLS] question [SEP] block [SEP]` (ORQA: 320).
+        drop_unread: before training, drop the questions none of whose R read blocks contains an answer (only
+            with `train_query_tower` False: the frozen tower retrieves the same blocks at every step, so such a
+            question's reader loss is always 0 and its retriever loss trains nothing; dropping them fills
+            every batch with questions the reader learns from). The count is logged and in `metrics.jsonl`; when
+            none is readable, a warning says so and all are kept.
         train_query_tower: train the query tower with the reader (ORQA, REALM); False trains the reader only,
             keeping retrieval as the starting checkpoint's (few training questions can undo what it knows).
         question_max_length: question tokens including [CLS] and [SEP] (ORQA: 64).
@@ -81,6 +86,7 @@ class FinetuneConfig(FlatTomlConfig, StepSchedule):
     max_span_width: int | None = None
     reader_seq_len: int = 320
     train_query_tower: bool = True
+    drop_unread: bool = False
     question_max_length: int = 64
     batch_size: int = 1
     grad_accumulation: int = 1
@@ -118,6 +124,11 @@ class FinetuneConfig(FlatTomlConfig, StepSchedule):
             raise ValueError(
                 f"finetune config: reader_beam_size ({self.reader_beam_size}) must not exceed "
                 f"searcher_beam_size ({self.searcher_beam_size}): the blocks read are the top retrieved"
+            )
+        if self.drop_unread and self.train_query_tower:
+            raise ValueError(
+                "finetune config: drop_unread needs train_query_tower=false (a trained query tower retrieves "
+                "other blocks as it learns, so which questions are readable changes during training)"
             )
         if self.fusion not in ("rrf", "weighted") or self.weight < 0:
             raise ValueError(

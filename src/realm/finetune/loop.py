@@ -31,7 +31,7 @@ from realm.distributed import DistributedContext, wrap_ddp
 from realm.eval import QAExample, read_qa_jsonl
 from realm.eval.evaluate import evaluate
 from realm.finetune.config import FinetuneConfig
-from realm.finetune.step import OpenQAFinetuner, encode_questions
+from realm.finetune.step import EncodedQuestions, OpenQAFinetuner, encode_questions
 from realm.index import open_index
 from realm.index.build import check_index
 from realm.index.hybrid import with_sparse
@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 RECALL_KS = (1, 5, 20, 100)
 # Changing these changes which questions later steps read: a resumed run must keep them.
-DATA_ORDER_KEYS = ("seed", "train")
+DATA_ORDER_KEYS = ("seed", "train", "drop_unread")
 
 
 @dataclass
@@ -126,6 +126,21 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, stop_after: int | 
 
     if not config.train_query_tower:
         finetuner.embedder.requires_grad_(False)
+    questions_given = len(train)
+    if config.drop_unread:
+        keep = _readable(finetuner, encoded, train, tokenizer.pad_token_id, device, config.eval_batch_size)
+        readable_count = len(keep)
+        if keep:
+            train = [train[i] for i in keep]
+            encoded = EncodedQuestions([encoded.question_ids[i] for i in keep], [encoded.answer_ids[i] for i in keep])
+            logger.info("drop_unread: %d of %d training questions have an answer in the %d blocks read; training on those",
+                        len(train), questions_given, config.reader_beam_size)  # fmt: skip
+        else:  # dropping is a speed-up: it never decides whether a run happens
+            logger.warning(
+                "drop_unread: none of the %d training questions has an answer in the %d blocks read: the reader "
+                "will learn nothing (read more blocks, reader_beam_size, or retrieve better); training on all",
+                questions_given, config.reader_beam_size,
+            )  # fmt: skip
     trainable = [p for p in finetuner.parameters() if p.requires_grad]
     optimizer, scheduler = optimizer_and_schedule(finetuner, config)
     step, best = 0, None
@@ -138,6 +153,8 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, stop_after: int | 
     metrics = MetricsLog(output_dir, step, enabled=context.is_main)
     if context.is_main:
         config.save(_mkdir(output_dir))
+    if config.drop_unread and step == 0:
+        metrics.write({"kind": "data", "questions": questions_given, "readable": readable_count})
     global_batch = config.global_batch_size(context.world_size)
     logger.info(
         "fine-tuning on %d questions: %d steps of %d (= %d per process x %d processes x %d accumulated)",
@@ -218,6 +235,20 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, stop_after: int | 
 
 
 # -- pieces ---------------------------------------------------------------------------------------
+
+
+def _readable(finetuner: OpenQAFinetuner, encoded: EncodedQuestions, train: list[QAExample], pad_id: int,
+              device: torch.device, batch_size: int) -> list[int]:  # fmt: skip
+    """Indices of the questions with an answer in the blocks a step reads (`OpenQAFinetuner.answer_readable`)."""
+    keep: list[int] = []
+    finetuner.eval()
+    for start in range(0, len(encoded), batch_size):
+        rows = range(start, min(start + batch_size, len(encoded)))
+        input_ids, attention_mask = collate_questions([encoded.question_ids[i] for i in rows], pad_id)
+        readable = finetuner.answer_readable(input_ids.to(device), attention_mask.to(device),
+                                             [encoded.answer_ids[i] for i in rows], [train[i].question for i in rows])  # fmt: skip
+        keep += [i for i, ok in zip(rows, readable.tolist(), strict=True) if ok]
+    return keep
 
 
 def _model_config(config: FinetuneConfig, vocab_size: int) -> RealmConfig:

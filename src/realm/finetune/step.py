@@ -38,7 +38,7 @@ from realm.index.base import check_index_size
 from realm.index.hybrid import check_sparse_store
 from realm.modeling.embedder import RealmEmbedder
 from realm.modeling.reader import RealmReader
-from realm.qa import read, retrieve
+from realm.qa import Retrieval, read, retrieve
 from realm.retrieval import RealmRetriever
 
 # Parameters no fine-tuning forward uses: the MLM heads the released checkpoints carry, and the reader's
@@ -131,6 +131,49 @@ class OpenQAFinetuner(nn.Module):
         self.reader_seq_len = reader_seq_len
         freeze_unused(self, UNUSED_PARAMETER_PREFIXES)
 
+    def train(self, mode: bool = True) -> OpenQAFinetuner:
+        super().train(mode)
+        if not any(p.requires_grad for p in self.embedder.parameters()):
+            self.embedder.eval()  # a frozen tower without dropout retrieves at every step what it will at inference
+        return self
+
+    def _retrieve_and_label(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        answer_ids: list[list[list[int]]],
+        texts: Sequence[str] | None,
+    ) -> tuple[Retrieval, list[list[int]], list[torch.Tensor]]:
+        """Retrieve K blocks from the frozen index (their logits q . e_k differentiable in q only) and label
+        all K from their stored ids: the retrieval, the questions' ids, has_answers [K] per question."""
+        k = min(self.searcher_beam_size, len(self.index))
+        retrieved = retrieve(
+            self.embedder, self.index, input_ids, attention_mask, k=k, texts=texts,
+            embed_blocks=lambda ids: self.index.reconstruct(ids).to(self.reader.device),
+        )  # fmt: skip
+        questions = [row[mask.bool()].tolist() for row, mask in zip(input_ids.cpu(), attention_mask.cpu(), strict=True)]
+        has_answers = []
+        for b, question in enumerate(questions):
+            tokens, lengths = self.store.token_ids_array(retrieved.block_ids[b].numpy(), pad_id=NO_TOKEN)  # [K, L], [K]
+            has_answers.append(
+                answers_in_blocks(self.tokenizer, question, tokens, lengths, answer_ids[b], self.reader_seq_len)
+            )
+        return retrieved, questions, has_answers
+
+    @torch.no_grad()
+    def answer_readable(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        answer_ids: list[list[list[int]]],
+        texts: Sequence[str] | None = None,
+    ) -> torch.Tensor:
+        """[B] bool: some of the R blocks a training step would read for the question contains an answer
+        (the step's `answer_read`, without reading). With a frozen query tower this never changes."""
+        _, _, has_answers = self._retrieve_and_label(input_ids, attention_mask, answer_ids, texts)
+        r = self.reader_beam_size
+        return torch.tensor([bool(h[:r].any()) for h in has_answers])
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -145,26 +188,11 @@ class OpenQAFinetuner(nn.Module):
             texts: the B questions' strings, for an index that scores text too (a hybrid index chooses the
                 K candidates with BM25 as well; it requires them).
         """
-        batch = input_ids.shape[0]
         device = self.reader.device
-
-        # Retrieve: the frozen index chooses K blocks; their logits q . e_k are differentiable in q only.
-        k = min(self.searcher_beam_size, len(self.index))
-        retrieved = retrieve(
-            self.embedder, self.index, input_ids, attention_mask, k=k, texts=texts,
-            embed_blocks=lambda ids: self.index.reconstruct(ids).to(device),
-        )  # fmt: skip
+        # Retrieve K and label all K; reader inputs and gold spans are built for the R read only.
+        retrieved, questions, has_answers = self._retrieve_and_label(input_ids, attention_mask, answer_ids, texts)
         block_ids = retrieved.block_ids  # [B, K]
-
-        # Label all K blocks from their stored ids; reader inputs and gold spans are built for the R read only.
-        r = min(self.reader_beam_size, k)
-        questions = [row[mask.bool()].tolist() for row, mask in zip(input_ids.cpu(), attention_mask.cpu(), strict=True)]
-        has_answers = []
-        for b in range(batch):
-            tokens, lengths = self.store.token_ids_array(block_ids[b].numpy(), pad_id=NO_TOKEN)  # [K, L], [K]
-            has_answers.append(
-                answers_in_blocks(self.tokenizer, questions[b], tokens, lengths, answer_ids[b], self.reader_seq_len)
-            )
+        r = min(self.reader_beam_size, block_ids.shape[1])
 
         # Read and marginalise.
         outputs = read(
