@@ -134,10 +134,10 @@ def test_estimates_scale_the_measured_costs() -> None:
     assert estimate("retriever", full, 10_033) is None
     trained = estimate("retriever", DemoConfig(retriever_steps=400), 10_033)
     assert trained is not None and trained.seconds == pytest.approx(COSTS["retriever"].seconds)
-    quick = DemoConfig.quick(retriever_steps=200)  # 500 articles, 15 steps x 2 questions, 50 questions
+    quick = DemoConfig.quick(retriever_steps=200)  # 500 articles, 15 steps x 8 questions x 1 block, 50 questions
     assert estimate("retriever", quick, 500).seconds == pytest.approx(COSTS["retriever"].seconds * 500 / 10_033)
     assert estimate("index", quick, 500).seconds == pytest.approx(COSTS["index"].seconds * 500 / 10_033)
-    assert estimate("reader", quick, 500).seconds == pytest.approx(COSTS["reader"].seconds * 15 * 2 / (150 * 4))
+    assert estimate("reader", quick, 500).seconds == pytest.approx(COSTS["reader"].seconds * 15 * 8 / (150 * 20))
     assert estimate("evaluate", quick, 500).seconds == pytest.approx(COSTS["evaluate"].seconds * 50 / 300)
     assert estimate("blocks", full, 10_033) is None and estimate("init", full, 10_033) is None
     cost = COSTS["index"]

@@ -10,7 +10,14 @@ import torch
 
 from realm.corpus import BlockStore
 from realm.demo import DemoConfig, run_demo
-from realm.demo.data import Article, cloze_questions, dev_questions, ict_queries, read_articles
+from realm.demo.data import (
+    Article,
+    cloze_questions,
+    dev_questions,
+    ict_queries,
+    read_articles,
+    reader_questions,
+)
 from realm.demo.retriever import distill_head, encoder_features, head_scores, recall_at
 from realm.demo.run import _block_of_title
 from realm.modeling.embedder import RealmEmbedder
@@ -138,12 +145,19 @@ def test_demo_retriever_stage_logs_dev_recall_and_never_lowers_it(tmp_path: Path
 
 def test_cloze_questions_ask_for_a_span_the_block_states_never_the_title() -> None:
     article = Article("Angola", "Angola is a country in Southern Africa. Its official language is Portuguese. "
-                      "It has 18 provinces.", "Country in Africa")  # fmt: skip
-    block = {"Angola": "Angola is a country in Southern Africa. Its official language is Portuguese."}
+                      "The capital is Luanda. Primarily, Angola exports oil. It has 18 provinces.", "Country in Africa")  # fmt: skip
+    block = {"Angola": "Angola is a country in Southern Africa. Its official language is Portuguese. The capital is "
+                       "Luanda. Primarily, Angola exports oil."}  # fmt: skip
     rows = cloze_questions([article], block, limit=10, holdout_fraction=0.0)
     assert rows == [
         {"question": "angola is a country in what?", "answer": ["Southern Africa"], "title": "Angola"},
-        {"question": "its official language is what?", "answer": ["Portuguese"], "title": "Angola"},
-    ]  # the third sentence is outside the block: its answer could not be read there
+        {"question": "angola's official language is what?", "answer": ["Portuguese"], "title": "Angola"},  # not "its"
+        {"question": "angola: the capital is what?", "answer": ["Luanda"], "title": "Angola"},  # the subject named
+    ]  # "Primarily" opens its sentence (no answer), and the last sentence is outside the block
     assert cloze_questions([article], block, limit=10, holdout_fraction=1.0) == []  # held-out articles stay unseen
     assert len(cloze_questions([article], block, limit=1, holdout_fraction=0.0)) == 1
+    # The reader's mix: a sample of the description questions and the cloze questions, shuffled together.
+    described = [{"question": f"what is d{i}?", "answer": ["Angola"], "title": "Angola"} for i in range(5)]
+    mixed = reader_questions(described, 2, [article], block, 2, 0.0)
+    assert len(mixed) == 4 and sum(r in described for r in mixed) == 2 and sum(r in rows for r in mixed) == 2
+    assert len(reader_questions(described, 0, [article], block, 0, 0.0)) == 5  # 0 descriptions: all of them

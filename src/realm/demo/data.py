@@ -247,6 +247,8 @@ DEV_QUESTIONS = "dev.jsonl"
 
 
 _WH = {"date": "when", "number": "how many", "entity": "what"}
+# A sentence that opens with a pronoun is about the block's subject: the question names it, as people do.
+_PRONOUN_SUBJECTS = {"it": "", "he": "", "she": "", "they": "", "its": "'s", "his": "'s", "her": "'s", "their": "'s"}
 
 
 def cloze_questions(
@@ -254,13 +256,15 @@ def cloze_questions(
 ) -> list[dict]:
     """Reading practice the corpus gives: a sentence of an article's block with one salient span (a date, a
     number, a named entity: `realm.pretrain.masking.find_salient_spans`) turned into a wh-word is a question
-    whose answer, the span, is in that block. "Angola's official language is Portuguese." -> "angola's
-    official language is what?" -> "Portuguese".
+    whose answer, the span, is in that block. The question names the subject, as people's questions do: a
+    leading pronoun becomes the title, and a sentence that does not name it is prefixed with it.
+    "Its official language is Portuguese." -> "angola's official language is what?" -> "Portuguese";
+    "The capital is Luanda." -> "angola: the capital is what?" -> "Luanda".
 
     The description questions only ever answer with the title; people also ask for what a block says about
     its subject (over half of the dev questions whose answer is in the block). Articles that hold out their
     description question give none (they stay unseen). At most `limit` rows, drawn with `seed`; one span per
-    sentence, never the title itself.
+    sentence, never the title itself, nor a single capitalised word opening the sentence ("Primarily, ...").
     """
     import numpy as np
 
@@ -274,19 +278,45 @@ def cloze_questions(
         if block is None or is_held_out(article.title, holdout_fraction):
             continue
         kept, titles = _words(block), {_words(t) for t in title_answers(article.title)}
+        subject = title_answers(article.title)[-1]
         for sentence in split_sentences(article.extract):
             if len(sentence.split()) < 4 or _words(sentence) not in kept:
                 continue
-            spans = [(a, b, kind) for a, b, kind in find_salient_spans(sentence) if _words(sentence[a:b]) not in titles]
+            spans = [(a, b, kind) for a, b, kind in find_salient_spans(sentence)
+                     if _words(sentence[a:b]) not in titles and not (a == 0 and kind == "entity" and " " not in sentence[a:b])]  # fmt: skip
             if not spans:
                 continue
             start, end, kind = spans[int(rng.integers(len(spans)))]
-            question = f"{sentence[:start]}{_WH[kind]}{sentence[end:]}".strip().rstrip(".!?;:").strip()
+            before, after = sentence[:start], sentence[end:].strip().rstrip(".!?;:").rstrip()
+            first, _, rest = before.partition(" ")
+            if rest and first.lower() in _PRONOUN_SUBJECTS:
+                before = f"{subject}{_PRONOUN_SUBJECTS[first.lower()]} {rest}"
+            elif subject.lower() not in sentence.lower():
+                before = f"{subject}: {before}"
+            question = f"{before}{_WH[kind]}{after}".strip()
             rows.append({"question": question.lower() + "?", "answer": [sentence[start:end]], "title": article.title})
     if len(rows) > limit:
         chosen = rng.choice(len(rows), size=limit, replace=False)
         rows = [rows[i] for i in sorted(chosen)]
     return rows
+
+
+def reader_questions(
+    descriptions: list[dict], description_limit: int, articles: list[Article], block_texts: dict[str, str],
+    cloze_limit: int, holdout_fraction: float, seed: int = 0,
+) -> list[dict]:  # fmt: skip
+    """The reader's training questions, shuffled together: up to `description_limit` of the description
+    questions (answer: the title; 0: all) and up to `cloze_limit` cloze questions (`cloze_questions`: answer a
+    date, number or name the block states)."""
+    import numpy as np
+
+    rows = list(descriptions)
+    if 0 < description_limit < len(rows):
+        chosen = np.random.default_rng(seed).choice(len(rows), size=description_limit, replace=False)
+        rows = [rows[i] for i in sorted(chosen)]
+    if cloze_limit > 0:
+        rows += cloze_questions(articles, block_texts, cloze_limit, holdout_fraction, seed)
+    return [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
 
 
 def packaged_questions(name: str) -> Any:

@@ -1,8 +1,8 @@
 """How long a demo stage will take: per-unit costs measured once, times this run's units.
 
-The costs come from one full first run on this project's 2-core CPU, idle (README "Quick start": index 158 s,
-reader 269 s, evaluation 65 s; the retriever stage's 107 s from an earlier run that trained it). A stage's time is taken as linear in its units (articles,
-blocks embedded, questions read); another machine, load or thread count changes it, so the result
+The costs come from one full first run on this project's 2-core CPU, idle (README "Quick start": index 149 s,
+reader 327 s, evaluation 62 s; the retriever stage's 107 s from an earlier run that trained it). A stage's time is taken as linear in its units (articles,
+blocks embedded, blocks read in training, questions answered); another machine, load or thread count changes it, so the result
 is an estimate and says what it was measured on. On a busy machine (load average over 1.5 x the CPUs) it
 says so: torch's threads then wait for each other and a stage can take many times its estimate (a `--quick`
 retriever stage estimated at 18 s took 333 s at load 9 on 2 cores).
@@ -27,16 +27,16 @@ class StageCost:
     per: str
 
 
-# Measured with the full demo's defaults: 10,033 articles, 150 reader steps x 4 questions, 300 held-out
+# Measured with the full demo's defaults: 10,033 articles, 150 reader steps x 20 questions x 1 block, 300 held-out
 # questions. Re-measure the README's figures -> update these with them.
 COSTS = {
     # The retriever stage, when it trains (retriever_steps > 0; measured with 400 steps over 64-wordpiece
     # blocks), runs the frozen trunk once over every block and training/dev question (the head's distillation
     # steps are cheap), so it scales with the articles.
     "retriever": StageCost(107.0, 10_033, "article", "10,033 articles"),
-    "index": StageCost(158.0, 10_033, "block", "10,033 blocks"),
-    "reader": StageCost(269.0, 150 * 4, "question", "150 steps of 4 questions"),
-    "evaluate": StageCost(65.0, 300, "question", "300 questions"),
+    "index": StageCost(149.0, 10_033, "block", "10,033 blocks"),
+    "reader": StageCost(327.0, 150 * 20, "block read", "150 steps of 20 questions x 1 block"),
+    "evaluate": StageCost(62.0, 300, "question", "300 questions"),
 }
 
 
@@ -70,7 +70,7 @@ def stage_units(name: str, config: Any, articles: int) -> float | None:
     if name == "index":
         return articles  # one block per article
     if name == "reader":
-        return config.reader_steps * config.reader_batch_size
+        return config.reader_steps * config.reader_batch_size * config.reader_train_blocks
     if name == "evaluate":  # every held-out question when eval_questions is 0 (fewer: some are dropped)
         held_out = round(config.holdout_fraction * articles)
         return min(config.eval_questions, held_out) if config.eval_questions else held_out
