@@ -93,7 +93,7 @@ def test_stages_run_then_are_skipped(tmp_path: Path) -> None:
     estimates: list = []
     first = run_demo(config, progress=False, on_estimate=estimates.append)
     assert [e.name for e in estimates] == ["retriever", "index", "reader", "evaluate"]
-    assert [e.units for e in estimates] == [len(CORPUS), len(CORPUS), 2 * 2, round(0.5 * len(CORPUS))]
+    assert [e.units for e in estimates] == [len(CORPUS), len(CORPUS), 2 * 2 * 2, round(0.5 * len(CORPUS))]  # steps x questions x blocks
     names = [s.name for s in first.stages]
     assert names == ["init", "blocks", "questions", "retriever", "index", "reader", "sparse", "evaluate", "answer"]
     assert not any(s.skipped for s in first.stages)
@@ -134,10 +134,10 @@ def test_estimates_scale_the_measured_costs() -> None:
     assert estimate("retriever", full, 10_033) is None
     trained = estimate("retriever", DemoConfig(retriever_steps=400), 10_033)
     assert trained is not None and trained.seconds == pytest.approx(COSTS["retriever"].seconds)
-    quick = DemoConfig.quick(retriever_steps=200)  # 500 articles, 15 steps x 8 questions x 1 block, 50 questions
+    quick = DemoConfig.quick(retriever_steps=200)  # 500 articles, 15 steps x 4 questions x 2 blocks, 50 questions
     assert estimate("retriever", quick, 500).seconds == pytest.approx(COSTS["retriever"].seconds * 500 / 10_033)
     assert estimate("index", quick, 500).seconds == pytest.approx(COSTS["index"].seconds * 500 / 10_033)
-    assert estimate("reader", quick, 500).seconds == pytest.approx(COSTS["reader"].seconds * 15 * 8 / (150 * 20))
+    assert estimate("reader", quick, 500).seconds == pytest.approx(COSTS["reader"].seconds * 15 * 4 * 2 / (150 * 10 * 2))
     assert estimate("evaluate", quick, 500).seconds == pytest.approx(COSTS["evaluate"].seconds * 50 / 300)
     assert estimate("blocks", full, 10_033) is None and estimate("init", full, 10_033) is None
     cost = COSTS["index"]

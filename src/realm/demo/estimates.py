@@ -1,7 +1,7 @@
 """How long a demo stage will take: per-unit costs measured once, times this run's units.
 
 The costs come from one full first run on this project's 2-core CPU, idle (README "Quick start": index 149 s,
-reader 327 s, evaluation 62 s; the retriever stage's 107 s from an earlier run that trained it). A stage's time is taken as linear in its units (articles,
+reader 314 s, evaluation 63 s; the retriever stage's 107 s from an earlier run that trained it). A stage's time is taken as linear in its units (articles,
 blocks embedded, blocks read in training, questions answered); another machine, load or thread count changes it, so the result
 is an estimate and says what it was measured on. On a busy machine (load average over 1.5 x the CPUs) it
 says so: torch's threads then wait for each other and a stage can take many times its estimate (a `--quick`
@@ -27,7 +27,7 @@ class StageCost:
     per: str
 
 
-# Measured with the full demo's defaults: 10,033 articles, 150 reader steps x 20 questions x 1 block, 300 held-out
+# Measured with the full demo's defaults: 10,033 articles, 150 reader steps x 10 questions x 2 blocks, 300 held-out
 # questions. Re-measure the README's figures -> update these with them.
 COSTS = {
     # The retriever stage, when it trains (retriever_steps > 0; measured with 400 steps over 64-wordpiece
@@ -35,8 +35,8 @@ COSTS = {
     # steps are cheap), so it scales with the articles.
     "retriever": StageCost(107.0, 10_033, "article", "10,033 articles"),
     "index": StageCost(149.0, 10_033, "block", "10,033 blocks"),
-    "reader": StageCost(327.0, 150 * 20, "block read", "150 steps of 20 questions x 1 block"),
-    "evaluate": StageCost(62.0, 300, "question", "300 questions"),
+    "reader": StageCost(314.0, 150 * 10 * 2, "block read", "150 steps of 10 questions x 2 blocks"),
+    "evaluate": StageCost(63.0, 300, "question", "300 questions"),
 }
 
 

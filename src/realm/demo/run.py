@@ -87,12 +87,13 @@ class DemoConfig:
             the top 100 of both); chosen on the dev set (README).
         reader_steps, reader_batch_size, reader_lr: `realm.finetune` of the reader.
         reader_train_blocks: blocks read per training question (fine-tuning's R; answering reads
-            `reader_beam_size`). 1 with a batch of 20 reads as many blocks per step as 5 with a batch of 4, and
-            teaches from five times the questions: dev EM 0.185 -> 0.272 (README). The questions none of
-            whose read blocks holds the answer are dropped before training (`FinetuneConfig.drop_unread`).
+            `reader_beam_size`). 2 with a batch of 10 reads as many blocks per step as 5 with a batch of 4, and
+            teaches from 2.5 times the questions: dev EM 0.185 -> 0.311 (README; 1 x 20: 0.272, 3 x 7: 0.219). The
+            questions none of whose read blocks holds the answer are dropped before training
+            (`FinetuneConfig.drop_unread`).
         reader_description_questions: description questions the reader trains on, drawn from the training ones
-            (0: all). With `reader_cloze_questions`, about what its steps read (150 x 20), less those dropped
-            unread: each question has to be retrieved once beforehand to know whether its answer is read.
+            (0: all). With `reader_cloze_questions`, more than the steps read (150 x 10), so that those dropped
+            unread leave enough; not many more: each is retrieved once beforehand to know whether it is read.
         reader_cloze_questions: cloze questions from the blocks' sentences (`data.cloze_questions`) read besides
             the description questions (0: none).
         reader_train_query_tower: also train the query tower there (off: a few hundred description questions
@@ -123,9 +124,9 @@ class DemoConfig:
     retriever_ict_queries: int = 3000
     hybrid_weight: float = 0.2
     reader_steps: int = 150
-    reader_batch_size: int = 20
+    reader_batch_size: int = 10
     reader_lr: float = 2e-4
-    reader_train_blocks: int = 1
+    reader_train_blocks: int = 2
     reader_train_query_tower: bool = False
     reader_description_questions: int = 2500
     reader_cloze_questions: int = 2500
@@ -140,7 +141,7 @@ class DemoConfig:
     @classmethod
     def quick(cls, **changes: Any) -> DemoConfig:
         """The reduced run for CI (~1-2 minutes): 500 articles, fewer steps, 50 held-out questions."""
-        values: dict[str, Any] = dict(subset=500, reader_steps=15, reader_batch_size=8, eval_questions=50)
+        values: dict[str, Any] = dict(subset=500, reader_steps=15, reader_batch_size=4, eval_questions=50)
         values.update(changes)
         return cls(**values)
 
