@@ -277,8 +277,8 @@ def cloze_questions(
         block = block_texts.get(article.title)
         if block is None or is_held_out(article.title, holdout_fraction):
             continue
-        kept, titles = _words(block), {_words(t) for t in title_answers(article.title)}
-        subject = title_answers(article.title)[-1]
+        names = title_answers(article.title)
+        kept, titles, subject = _words(block), {_words(t) for t in names}, names[-1]
         for sentence in split_sentences(article.extract):
             if len(sentence.split()) < 4 or _words(sentence) not in kept:
                 continue

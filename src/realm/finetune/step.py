@@ -143,9 +143,11 @@ class OpenQAFinetuner(nn.Module):
         attention_mask: torch.Tensor,
         answer_ids: list[list[list[int]]],
         texts: Sequence[str] | None,
+        labelled: int | None = None,
     ) -> tuple[Retrieval, list[list[int]], list[torch.Tensor]]:
         """Retrieve K blocks from the frozen index (their logits q . e_k differentiable in q only) and label
-        all K from their stored ids: the retrieval, the questions' ids, has_answers [K] per question."""
+        the first `labelled` of them (None: all K) from their stored ids: the retrieval, the questions' ids,
+        has_answers [labelled] per question."""
         k = min(self.searcher_beam_size, len(self.index))
         retrieved = retrieve(
             self.embedder, self.index, input_ids, attention_mask, k=k, texts=texts,
@@ -154,7 +156,8 @@ class OpenQAFinetuner(nn.Module):
         questions = [row[mask.bool()].tolist() for row, mask in zip(input_ids.cpu(), attention_mask.cpu(), strict=True)]
         has_answers = []
         for b, question in enumerate(questions):
-            tokens, lengths = self.store.token_ids_array(retrieved.block_ids[b].numpy(), pad_id=NO_TOKEN)  # [K, L], [K]
+            ids = retrieved.block_ids[b, :labelled].numpy()
+            tokens, lengths = self.store.token_ids_array(ids, pad_id=NO_TOKEN)  # [labelled, L], [labelled]
             has_answers.append(
                 answers_in_blocks(self.tokenizer, question, tokens, lengths, answer_ids[b], self.reader_seq_len)
             )
@@ -170,9 +173,9 @@ class OpenQAFinetuner(nn.Module):
     ) -> torch.Tensor:
         """[B] bool: some of the R blocks a training step would read for the question contains an answer
         (the step's `answer_read`, without reading). With a frozen query tower this never changes."""
-        _, _, has_answers = self._retrieve_and_label(input_ids, attention_mask, answer_ids, texts)
-        r = self.reader_beam_size
-        return torch.tensor([bool(h[:r].any()) for h in has_answers])
+        # Only the R blocks a step reads decide it (the step labels all K, for its retriever loss).
+        _, _, has_answers = self._retrieve_and_label(input_ids, attention_mask, answer_ids, texts, self.reader_beam_size)
+        return torch.tensor([bool(h.any()) for h in has_answers])
 
     def forward(
         self,
