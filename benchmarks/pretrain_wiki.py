@@ -105,7 +105,7 @@ def prepare(work: Path, demo: Path, corpus_json: Path, articles: int, heldout: f
     shutil.rmtree(out, ignore_errors=True)
     tokenizer = RealmTokenizerFast.from_pretrained(demo / "init" / "model" / "encoder")
     everything = data.read_articles(corpus_json)
-    dev_titles = tuple(sorted({r["title"] for r in data.dev_questions(None, DEV)}))
+    dev_titles = tuple(sorted({r["title"] for r in data.human_questions(None, DEV)}))
     chosen = data.choose_subset(everything, articles, dev_titles)
     builder = BlockBuilder(tokenizer, BuildConfig(max_block_tokens=block_tokens, filter_pages=False))
     documents = (Document(a.title, a.extract, "summaries_en-us.json", i + 1) for i, a in enumerate(chosen))
@@ -135,7 +135,7 @@ def prepare(work: Path, demo: Path, corpus_json: Path, articles: int, heldout: f
         BlockStore.create(out / f"sentences_{split}", list(builder.build(iter(docs))), tokenizer,
                           max_block_tokens=block_tokens)  # fmt: skip
     gold = {chosen[int(first[d].doc_id)].title: i for i, d in enumerate(sorted(first))}
-    dev = data.dev_questions(set(gold), DEV)
+    dev = data.human_questions(set(gold), DEV)
     (out / "gold.json").write_text(json.dumps(gold))
     (out / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dev))
     info = {"key": key, "blocks": len(first), **counts, "train_articles": len(kept["train"]),
@@ -201,7 +201,7 @@ def warm_start(work: Path, demo: Path, corpus_json: Path, articles: int, heldout
     started = time.perf_counter()
     source = demo / "init" / "model" / "encoder"
     tokenizer = RealmTokenizerFast.from_pretrained(source)
-    dev_titles = tuple(sorted({r["title"] for r in data.dev_questions(None, DEV)}))
+    dev_titles = tuple(sorted({r["title"] for r in data.human_questions(None, DEV)}))
     chosen = data.choose_subset(data.read_articles(corpus_json), articles, dev_titles)
     documents = [split_sentences(a.extract) for a in chosen if not data.is_held_out(a.title, heldout)]
     masker = SentenceMasker(tokenizer, MaskingConfig(query_seq_len=config.query_seq_len, max_masks=config.max_masks))

