@@ -184,7 +184,7 @@ def test_packaged_training_questions_are_about_other_articles_than_dev_and_test(
 
     train = human_questions(path=packaged_questions(TRAIN_QUESTIONS))
     evaluated = human_questions() + human_questions(path=packaged_questions("test.jsonl"))
-    assert len(train) == 974 and len(evaluated) == 297
+    assert len(train) == 1944 and len(evaluated) == 297
     assert not {r["title"] for r in train} & {r["title"] for r in evaluated}
     assert len({r["question"] for r in train}) == len(train) and all(r["answer"] for r in train)
     assert {r["kind"] for r in train} == {"fact", "subject"}

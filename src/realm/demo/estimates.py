@@ -1,7 +1,7 @@
 """How long a demo stage will take: per-unit costs measured once, times this run's units.
 
-The costs come from one full first run on this project's 2-core CPU, idle (README "Quick start": index 150 s,
-reader 304 s, evaluation 66 s; the retriever stage's 107 s from an earlier run that trained it). A stage's time is taken as linear in its units (articles,
+The costs come from one full first run on this project's 2-core CPU, idle (README "Quick start": index 144 s,
+reader 294 s, evaluation 62 s; the retriever stage's 107 s from an earlier run that trained it). A stage's time is taken as linear in its units (articles,
 blocks embedded, blocks read in training, questions answered); another machine, load or thread count changes it, so the result
 is an estimate and says what it was measured on. On a busy machine (load average over 1.5 x the CPUs) it
 says so: torch's threads then wait for each other and a stage can take many times its estimate (a `--quick`
@@ -34,9 +34,9 @@ COSTS = {
     # blocks), runs the frozen trunk once over every block and training/dev question (the head's distillation
     # steps are cheap), so it scales with the articles.
     "retriever": StageCost(107.0, 10_033, "article", "10,033 articles"),
-    "index": StageCost(150.0, 10_033, "block", "10,033 blocks"),
-    "reader": StageCost(304.0, 150 * 10 * 2, "block read", "150 steps of 10 questions x 2 blocks"),
-    "evaluate": StageCost(66.0, 300, "question", "300 questions"),
+    "index": StageCost(144.0, 10_033, "block", "10,033 blocks"),
+    "reader": StageCost(294.0, 150 * 10 * 2, "block read", "150 steps of 10 questions x 2 blocks"),
+    "evaluate": StageCost(62.0, 300, "question", "300 questions"),
 }
 
 

@@ -128,7 +128,7 @@ class DemoConfig:
     reader_train_query_tower: bool = False
     reader_description_questions: int = 1500
     reader_cloze_questions: int = 1500
-    reader_human_repeats: int = 3
+    reader_human_repeats: int = 2
     searcher_beam_size: int = 20
     reader_beam_size: int = 5
     eval_questions: int = 300
