@@ -24,6 +24,7 @@ import torch
 
 from realm.corpus import BlockStore
 from realm.demo.data import TRAIN_QUESTIONS, human_questions, packaged_questions
+from realm.demo.retriever import recall_at
 from realm.index import open_index
 from realm.modeling.embedder import RealmEmbedder
 
@@ -44,9 +45,8 @@ def embed(embedder: RealmEmbedder, tokenizer, questions: list[str]) -> torch.Ten
 def recall(embedder: RealmEmbedder, tokenizer, blocks: torch.Tensor, questions: list[str], gold: torch.Tensor) -> list[float]:
     embedder.eval()
     with torch.no_grad():
-        top = (embed(embedder, tokenizer, questions) @ blocks.T).topk(max(KS)).indices  # [Q, 20]
-    hit = top == gold[:, None]
-    return [round(hit[:, :k].any(dim=1).float().mean().item(), 3) for k in KS]
+        scores = embed(embedder, tokenizer, questions) @ blocks.T  # [Q, N]
+    return list(recall_at(scores, gold, KS).values())
 
 
 def main(argv: list[str] | None = None) -> int:

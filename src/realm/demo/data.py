@@ -327,7 +327,7 @@ def reader_questions(
 
 
 def packaged_questions(name: str) -> Any:
-    """A question file shipped in `realm/demo/questions/` (dev.jsonl, test.jsonl)."""
+    """A question file shipped in `realm/demo/questions/` (dev.jsonl, test.jsonl, train.jsonl)."""
     from importlib.resources import files
 
     return files("realm.demo").joinpath("questions", name)
