@@ -34,8 +34,8 @@ COSTS = {
     # blocks), runs the frozen trunk once over every block and training/dev question (the head's distillation
     # steps are cheap), so it scales with the articles.
     "retriever": StageCost(107.0, 10_033, "article", "10,033 articles"),
-    "index": StageCost(151.0, 10_033, "block", "10,033 blocks"),
-    "reader": StageCost(313.0, 150 * 10 * 2, "block read", "150 steps of 10 questions x 2 blocks"),
+    "index": StageCost(147.0, 10_033, "block", "10,033 blocks"),
+    "reader": StageCost(298.0, 150 * 10 * 2, "block read", "150 steps of 10 questions x 2 blocks"),
     "evaluate": StageCost(65.0, 300, "question", "300 questions"),
 }
 

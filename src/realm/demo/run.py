@@ -126,7 +126,7 @@ class DemoConfig:
     reader_lr: float = 2e-4
     reader_train_blocks: int = 2
     reader_train_query_tower: bool = False
-    reader_description_questions: int = 1500
+    reader_description_questions: int = 500
     reader_cloze_questions: int = 1500
     reader_human_repeats: int = 2
     searcher_beam_size: int = 20
