@@ -11,10 +11,13 @@ import torch
 from realm.corpus import BlockStore
 from realm.demo import DemoConfig, run_demo
 from realm.demo.data import (
+    TRAIN_QUESTIONS,
     Article,
     cloze_questions,
     human_questions,
     ict_queries,
+    is_held_out,
+    packaged_questions,
     read_articles,
     reader_questions,
 )
@@ -164,8 +167,6 @@ def test_cloze_questions_ask_for_a_span_the_block_states_never_the_title() -> No
 
 
 def test_reader_questions_add_the_human_ones_repeated_except_about_held_out_articles() -> None:
-    from realm.demo.data import is_held_out
-
     titles = [f"Article {i}" for i in range(40)]
     held = [t for t in titles if is_held_out(t, 0.3)]
     assert 0 < len(held) < len(titles)  # both kinds present at this fraction
@@ -180,8 +181,6 @@ def test_reader_questions_add_the_human_ones_repeated_except_about_held_out_arti
 
 
 def test_packaged_training_questions_are_about_other_articles_than_dev_and_test() -> None:
-    from realm.demo.data import TRAIN_QUESTIONS, packaged_questions
-
     train = human_questions(path=packaged_questions(TRAIN_QUESTIONS))
     evaluated = human_questions() + human_questions(path=packaged_questions("test.jsonl"))
     assert len(train) == 1944 and len(evaluated) == 297
